@@ -1,0 +1,219 @@
+"""Study files: TOML in, typed frozen dataclasses out, validated once at the edge.
+
+Everything a study needs is in one ``StudyConfig``; command-line options are
+applied with ``with_overrides`` and validated by the same code. An unknown
+key, a wrong type or an impossible range is one ``LrsearchError`` naming the
+key, before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lrsearch.errors import LrsearchError
+from lrsearch.space import SearchSpace, space_from_table
+from lrsearch.training import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["StudyConfig", "TaskConfig", "default_storage", "load_study_file"]
+
+SamplerName = Literal["tpe", "tpe-independent", "random"]
+PrunerName = Literal["none", "median", "percentile", "hyperband"]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "fashion-mnist"  # a builtin task, or "package.module:function"
+    model: str | None = None  # None: the task's default model
+    data_dir: Path = Path("data")
+    download: bool = True
+    val_size: int | float = 10_000  # examples carved from the training set, or a fraction
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    n_trials: int = 20  # added by each run; re-running the study adds more
+    timeout: float | None = None  # seconds, for this run
+    seed: int = 0  # sampler seed; trial k trains with seed + k
+    storage: str | None = None  # any Optuna storage URL; None: a SQLite file per study
+    sampler: SamplerName = "tpe"
+    pruner: PrunerName = "none"
+    device: str = "auto"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    space: SearchSpace = field(default_factory=lambda: space_from_table({}))
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise LrsearchError(
+                f"study name {self.name!r} is not allowed; use letters, digits, '.', '_' and '-'"
+            )
+        if self.n_trials < 1:
+            raise LrsearchError(f"n_trials={self.n_trials} is not allowed; it must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise LrsearchError(f"timeout={self.timeout} is not allowed; it must be > 0 seconds")
+
+    def with_overrides(
+        self,
+        study: Mapping[str, Any] | None = None,
+        task: Mapping[str, Any] | None = None,
+        training: Mapping[str, Any] | None = None,
+    ) -> StudyConfig:
+        """Command-line options on top of the file, by section; ``None`` means not given."""
+
+        def merged(current: Any, changes: Mapping[str, Any] | None) -> dict[str, Any]:
+            return {
+                **_fields(current),
+                **{k: v for k, v in (changes or {}).items() if v is not None},
+            }
+
+        return _build(
+            StudyConfig,
+            {
+                **merged(self, study),
+                "task": _build(TaskConfig, merged(self.task, task), "task"),
+                "training": _build(TrainConfig, merged(self.training, training), "training"),
+            },
+            "study",
+        )
+
+
+def default_storage(study_name: str) -> str:
+    """A SQLite file per study under ``.lrsearch/`` (git-ignored) in the working directory."""
+    return f"sqlite:///{Path('.lrsearch') / f'{study_name}.db'}"
+
+
+def load_study_file(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise LrsearchError(f"cannot read study file {str(path)!r}: {error.strerror}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise LrsearchError(f"study file {str(path)!r} is not valid TOML: {error}") from None
+    try:
+        return study_from_table(document, default_name=path.stem)
+    except LrsearchError as error:
+        raise LrsearchError(f"{path}: {error}") from None
+
+
+def study_from_table(document: Mapping[str, Any], *, default_name: str) -> StudyConfig:
+    _check_keys(document, {"study", "task", "training", "space"}, "the file")
+    study = dict(_table(document, "study"))
+    study.setdefault("name", default_name)
+    return _build(
+        StudyConfig,
+        {
+            **study,
+            "task": _build(TaskConfig, _table(document, "task"), "task"),
+            "training": _build(TrainConfig, _table(document, "training"), "training"),
+            "space": space_from_table(_table(document, "space")),
+        },
+        "study",
+    )
+
+
+def _table(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = document.get(name, {})
+    if not isinstance(value, Mapping):
+        raise LrsearchError(f"[{name}] must be a table, got {value!r}")
+    return value
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise LrsearchError(
+            f"unknown key {unknown[0]!r} in {where}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+_T = typing.TypeVar("_T")
+
+
+def _build(cls: type[_T], table: Mapping[str, Any], section: str) -> _T:
+    """Construct a config dataclass from a table, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _check_keys(table, names, f"[{section}]")
+    values = {
+        name: _coerce(value, hints[name], f"{section}.{name}") for name, value in table.items()
+    }
+    try:
+        return cls(**values)
+    except LrsearchError as error:
+        raise LrsearchError(f"[{section}] {error}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def wrong(expected: str) -> LrsearchError:
+        return LrsearchError(f"{where}={value!r} has the wrong type; expected {expected}")
+
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint):
+            raise wrong(f"a [{where}] table")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except LrsearchError:
+                continue
+        raise wrong(" or ".join(_type_name(a) for a in args))
+    if origin is Literal:
+        if value not in args:
+            raise LrsearchError(
+                f"{where}={value!r} is not allowed; choose one of {', '.join(map(repr, args))}"
+            )
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise wrong("a path")
+        return Path(value)
+    raise TypeError(
+        f"unsupported config annotation {hint!r} at {where}"
+    )  # a bug here, not bad input
+
+
+def _type_name(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

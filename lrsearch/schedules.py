@@ -1,0 +1,924 @@
+"""Learning-rate schedules as pure functions of ``(t, T)``.
+
+A schedule is a frozen value (family name + parameters). Evaluating it never
+touches state, so step 5000 computed directly equals step 5000 reached one step
+at a time, and a run resumed from a checkpoint sees the LRs it would have seen.
+Parameters that say *when* things happen are fractions of the run, so a
+schedule found on a 10-epoch trial replays on a 90-epoch production run by
+passing another ``total_steps``. The semantics are fixed by SCHEDULES.md.
+
+Time is measured in optimizer steps: ``t`` is the 0-based index of the step
+about to be taken and ``T`` the run's total. Warmup takes the first ``W·T``
+steps; the family then runs on ``t' = t - W·T`` out of ``T' = T - W·T``, with
+``u = t'/T'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from lrsearch.errors import LrsearchError
+
+__all__ = [
+    "FAMILIES",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Constant",
+    "Cosine",
+    "CosineRestarts",
+    "Cyclic",
+    "Exponential",
+    "InverseSqrt",
+    "InverseTime",
+    "Linear",
+    "OneCycle",
+    "Piecewise",
+    "Polynomial",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleLR",
+    "Step",
+    "Wsd",
+    "cosine_scheduler",
+    "cosine_warmup_decay",
+    "cyclic_lr",
+    "exponential_decay_with_burnin",
+    "load_schedule",
+    "make_schedule",
+    "multistep_lr",
+    "polynomial_decay",
+    "square_root_scheduler",
+]
+
+FORMAT = "lrsearch.schedule"
+FORMAT_VERSION = 1
+
+Array = npt.NDArray[np.float64]
+Steps = int | float | npt.ArrayLike
+
+# Fractions derived from integer step counts (``m / T``) come back as
+# ``m·(1 ± 1e-16)`` once multiplied by ``T``; snapping to the nearest integer
+# within this relative tolerance keeps milestones, cycle ends and staircase
+# edges on the exact step an integer reference (PyTorch) puts them.
+_SNAP = 1e-9
+
+
+class ScheduleError(LrsearchError, ValueError):
+    """A schedule that cannot be what was asked for."""
+
+
+def _snap(x: Array | float) -> Array:
+    nearest = np.round(x)
+    return np.where(np.abs(x - nearest) <= _SNAP * np.maximum(1.0, np.abs(x)), nearest, x)
+
+
+def _floor(x: Array) -> Array:
+    return np.floor(_snap(x))
+
+
+def _ceil(x: Array) -> Array:
+    return np.ceil(_snap(x))
+
+
+def _cos_anneal(high: Any, low: Any, frac: Array) -> Array:
+    """Half a cosine from ``high`` at ``frac=0`` to ``low`` at ``frac=1``."""
+    return low + (high - low) * (1.0 + np.cos(np.pi * frac)) / 2.0
+
+
+class Clock(NamedTuple):
+    """Post-warmup time handed to a family: steps ``t'``, ``T'`` and the run's ``T``."""
+
+    steps: Array
+    total: float
+    run_total: int
+
+    @property
+    def u(self) -> Array:
+        return self.steps / self.total
+
+
+# ---------------------------------------------------------------------------
+# The value type
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """A learning-rate schedule: a family and its parameters, immutable and hashable.
+
+    ``lr`` is the peak. Every family accepts a warmup over the first
+    ``warmup`` fraction of the run: ``linear`` ramps from ``warmup_start``
+    (default: the family's ``min_lr`` where it has one, else 0) to ``lr``;
+    ``burnin`` is darknet's ``lr · (t / (W·T)) ** burnin_power``. Both reach
+    ``lr`` exactly at ``t = W·T``, where the family takes over.
+    """
+
+    family: ClassVar[str] = ""
+
+    lr: float
+    warmup: float = 0.0
+    warmup_mode: Literal["linear", "burnin"] = "linear"
+    warmup_start: float | None = None
+    burnin_power: float = 4.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        FAMILIES[cls.family] = cls
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = _coerce(
+                self.family, field.name, _hints(type(self))[field.name], getattr(self, field.name)
+            )
+            object.__setattr__(self, field.name, value)
+        self._require("lr", self.lr > 0, "> 0")
+        self._require("warmup", 0.0 <= self.warmup < 1.0, "in [0, 1)")
+        self._require("burnin_power", self.burnin_power > 0, "> 0")
+        if self.warmup_start is not None:
+            self._require(
+                "warmup_start", self.warmup_mode == "linear", "unset when warmup_mode='burnin'"
+            )
+            self._require(
+                "warmup_start", 0.0 <= self.warmup_start <= self.lr, f"in [0, lr={self.lr}]"
+            )
+        if hasattr(self, "min_lr"):
+            self._require("min_lr", 0.0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr}]")
+        self._validate()
+
+    # Families override these two.
+    def _validate(self) -> None:
+        """Check the family's own parameters (the shared ones are already checked)."""
+
+    def _decay(self, clock: Clock) -> Array:
+        raise NotImplementedError
+
+    def _require(self, name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise ScheduleError(
+                f"{self.family}: {name}={getattr(self, name)!r} is not allowed; "
+                f"{name} must be {allowed}"
+            )
+
+    # -- evaluation ---------------------------------------------------------
+
+    @typing.overload
+    def __call__(self, t: int | float, total_steps: int) -> float: ...
+    @typing.overload
+    def __call__(self, t: npt.ArrayLike, total_steps: int) -> Array | float: ...
+
+    def __call__(self, t: Steps, total_steps: int) -> Array | float:
+        """The learning rate at step(s) ``t`` of a ``total_steps`` run; arrays evaluate at once."""
+        steps = np.asarray(t, dtype=np.float64)
+        if not np.all(np.isfinite(steps)) or np.any(steps < 0):
+            raise ScheduleError(f"{self.family}: step t must be finite and >= 0, got {t!r}")
+        run_total = _check_total_steps(total_steps)
+        warm = float(_snap(self.warmup * run_total))
+        clock = Clock(np.maximum(steps - warm, 0.0), run_total - warm, run_total)
+        values = self._decay(clock)
+        if warm > 0:
+            ramp = steps / warm
+            if self.warmup_mode == "burnin":
+                warming = self.lr * ramp**self.burnin_power
+            else:
+                start = (
+                    self.default_warmup_start if self.warmup_start is None else self.warmup_start
+                )
+                warming = start + (self.lr - start) * ramp
+            values = np.where(steps < warm, warming, values)
+        values = np.broadcast_to(values, steps.shape).astype(np.float64)
+        return float(values) if values.ndim == 0 else values
+
+    def factor(self, t: Steps, total_steps: int) -> Array | float:
+        """``lr(t) / lr``: what multiplies each parameter group's base LR (LambdaLR convention)."""
+        return self(t, total_steps) / self.lr
+
+    def curve(self, total_steps: int) -> Array:
+        """Every step's LR of a ``total_steps`` run, for plots and for replaying at another length."""
+        return np.asarray(self(np.arange(_check_total_steps(total_steps)), total_steps))
+
+    @property
+    def default_warmup_start(self) -> float:
+        return float(getattr(self, "min_lr", 0.0))
+
+    # -- PyTorch ------------------------------------------------------------
+
+    def torch_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> ScheduleLR:
+        """A PyTorch LR scheduler that steps this schedule once per optimizer step.
+
+        Each parameter group's LR at construction is its base and is multiplied
+        by ``lr(t) / lr``; build the optimizer with ``lr=schedule.lr`` to get the
+        searched peak, or give groups other LRs to keep their ratios.
+        """
+        return ScheduleLR(optimizer, self, total_steps)
+
+    # -- serialisation ------------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        """Every parameter by name, defaults included, as JSON-ready values."""
+        return {
+            field.name: list(value) if isinstance(value, tuple) else value
+            for field in dataclasses.fields(self)
+            for value in [getattr(self, field.name)]
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "family": self.family,
+            "params": self.params(),
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Schedule:
+        """The inverse of ``to_dict``; anything unknown, missing or mistyped is refused."""
+        if not isinstance(data, Mapping):
+            raise ScheduleError(f"a schedule must be a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise ScheduleError(
+                f"not an lrsearch schedule: format={data.get('format')!r}, expected {FORMAT!r}"
+            )
+        if data.get("version") != FORMAT_VERSION:
+            raise ScheduleError(
+                f"unsupported schedule version={data.get('version')!r}; this lrsearch reads version {FORMAT_VERSION}"
+            )
+        params = data.get("params")
+        if not isinstance(params, Mapping):
+            raise ScheduleError(f"schedule 'params' must be a JSON object, got {params!r}")
+        return make_schedule(data.get("family"), params)
+
+    def save(
+        self, path: str | os.PathLike[str], *, source: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write the schedule as JSON (atomically: a reader never sees half a file)."""
+        document = self.to_dict()
+        if source is not None:
+            document["source"] = dict(source)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=target.parent, suffix=".tmp", delete=False
+        ) as handle:
+            json.dump(document, handle, indent=2, allow_nan=False)
+            handle.write("\n")
+        os.replace(handle.name, target)
+
+    def describe(self) -> str:
+        """The schedule in words: family and every parameter that differs from its default."""
+        changed = [
+            f"{field.name}={_short(getattr(self, field.name))}"
+            for field in dataclasses.fields(self)
+            if field.name == "lr" or getattr(self, field.name) != field.default
+        ]
+        return f"{self.family}({', '.join(changed)})"
+
+
+FAMILIES: dict[str, type[Schedule]] = {}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
+    return repr(value)
+
+
+def make_schedule(family: Any, params: Mapping[str, Any]) -> Schedule:
+    """The one place a family name and a parameter mapping become a ``Schedule``."""
+    cls = FAMILIES.get(family) if isinstance(family, str) else None
+    if cls is None:
+        raise ScheduleError(
+            f"unknown schedule family {family!r}; known: {', '.join(sorted(FAMILIES))}"
+        )
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ScheduleError(
+            f"{family}: unknown parameter {unknown[0]!r}; allowed: {', '.join(sorted(names))}"
+        )
+    required = sorted(
+        field.name
+        for field in dataclasses.fields(cls)
+        if field.default is dataclasses.MISSING and field.name not in params
+    )
+    if required:
+        raise ScheduleError(f"{family}: missing parameter {required[0]!r}")
+    return cls(**params)
+
+
+def load_schedule(path: str | os.PathLike[str]) -> Schedule:
+    """Read a schedule file written by ``Schedule.save`` or ``lrsearch best``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ScheduleError(f"cannot read schedule file {str(path)!r}: {error.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ScheduleError(
+            f"schedule file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}"
+        ) from None
+    try:
+        return Schedule.from_dict(data)
+    except ScheduleError as error:
+        raise ScheduleError(f"schedule file {str(path)!r}: {error}") from None
+
+
+def _check_total_steps(total_steps: Any) -> int:
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, (int, np.integer))
+        or total_steps < 1
+    ):
+        raise ScheduleError(
+            f"total_steps={total_steps!r} is not allowed; it must be an integer >= 1"
+        )
+    return int(total_steps)
+
+
+# -- parameter types ---------------------------------------------------------
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _coerce(family: str, name: str, hint: Any, value: Any) -> Any:
+    """Check one parameter against its annotation; ints become floats where floats are meant."""
+
+    def refuse(expected: str) -> ScheduleError:
+        return ScheduleError(f"{family}: {name}={value!r} has the wrong type; expected {expected}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _coerce(family, name, inner, value)
+    if origin is Literal:
+        if value not in args:
+            raise ScheduleError(
+                f"{family}: {name}={value!r} is not allowed; {name} must be one of "
+                + ", ".join(repr(arg) for arg in args)
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise refuse("a list of numbers")
+        return tuple(_coerce(family, name, args[0], item) for item in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise refuse("a number")
+        if not math.isfinite(value):
+            raise ScheduleError(f"{family}: {name}={value!r} is not allowed; {name} must be finite")
+        return float(value)
+    raise TypeError(f"unsupported parameter annotation {hint!r}")  # a bug in a family definition
+
+
+# ---------------------------------------------------------------------------
+# Families: each one is its parameters plus the post-warmup formula.
+
+
+@dataclass(frozen=True, kw_only=True)
+class Constant(Schedule):
+    """``lr`` throughout: the baseline every search must beat."""
+
+    family: ClassVar[str] = "constant"
+
+    def _decay(self, clock: Clock) -> Array:
+        return np.full_like(clock.steps, self.lr)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step(Schedule):
+    """``lr · gamma ** (number of milestones m_i ≤ u)``: PyTorch's MultiStepLR in fractions."""
+
+    family: ClassVar[str] = "step"
+    milestones: tuple[float, ...]
+    gamma: float = 0.1
+
+    def _validate(self) -> None:
+        self._require(
+            "milestones",
+            _increasing_in_unit(self.milestones),
+            "strictly increasing fractions in (0, 1)",
+        )
+        self._require("gamma", 0.0 < self.gamma <= 1.0, "in (0, 1]")
+
+    def _decay(self, clock: Clock) -> Array:
+        edges = _snap(np.asarray(self.milestones) * clock.total)
+        passed = np.searchsorted(edges, clock.steps, side="right")
+        return self.lr * self.gamma ** passed.astype(np.float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Piecewise(Schedule):
+    """``lr · values[i]`` on ``[b_i, b_{i+1})``: Keras's PiecewiseConstantDecay as factors of the peak.
+
+    Keras keeps ``values[i]`` up to and *including* step ``b_i``; here the new
+    value starts *at* ``b_i`` (SCHEDULES.md). ``make`` constructors shift by one.
+    """
+
+    family: ClassVar[str] = "piecewise"
+    boundaries: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def _validate(self) -> None:
+        self._require(
+            "boundaries",
+            _increasing_in_unit(self.boundaries),
+            "strictly increasing fractions in (0, 1)",
+        )
+        self._require(
+            "values",
+            len(self.values) == len(self.boundaries) + 1 and all(0 < v <= 1 for v in self.values),
+            f"{len(self.boundaries) + 1} factors of lr in (0, 1] (one more than the boundaries)",
+        )
+
+    def _decay(self, clock: Clock) -> Array:
+        edges = _snap(np.asarray(self.boundaries) * clock.total)
+        return self.lr * np.asarray(self.values)[np.searchsorted(edges, clock.steps, side="right")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exponential(Schedule):
+    """``max(min_lr, lr · decay_rate ** (t'/D))``, ``D = decay_steps · T'``; ``staircase`` floors ``t'/D``."""
+
+    family: ClassVar[str] = "exponential"
+    decay_rate: float
+    decay_steps: float = 1.0
+    staircase: bool = False
+    min_lr: float = 0.0
+
+    def _validate(self) -> None:
+        self._require("decay_rate", 0.0 < self.decay_rate <= 1.0, "in (0, 1]")
+        self._require(
+            "decay_steps", self.decay_steps > 0, "> 0 (a fraction of the post-warmup run)"
+        )
+
+    def _decay(self, clock: Clock) -> Array:
+        periods = clock.steps / (self.decay_steps * clock.total)
+        if self.staircase:
+            periods = _floor(periods)
+        return np.maximum(self.min_lr, self.lr * self.decay_rate**periods)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InverseTime(Schedule):
+    """``lr / (1 + decay_rate · t'/D)``: Keras's InverseTimeDecay; ``staircase`` floors ``t'/D``."""
+
+    family: ClassVar[str] = "inverse_time"
+    decay_rate: float
+    decay_steps: float = 1.0
+    staircase: bool = False
+
+    def _validate(self) -> None:
+        self._require("decay_rate", self.decay_rate > 0, "> 0")
+        self._require(
+            "decay_steps", self.decay_steps > 0, "> 0 (a fraction of the post-warmup run)"
+        )
+
+    def _decay(self, clock: Clock) -> Array:
+        periods = clock.steps / (self.decay_steps * clock.total)
+        if self.staircase:
+            periods = _floor(periods)
+        return self.lr / (1.0 + self.decay_rate * periods)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InverseSqrt(Schedule):
+    """``lr · (1 + t'/tau) ** -0.5``; article 004's SquareRootScheduler is ``tau`` = one step."""
+
+    family: ClassVar[str] = "inverse_sqrt"
+    tau: float
+
+    def _validate(self) -> None:
+        self._require("tau", self.tau > 0, "> 0 (a fraction of the post-warmup run)")
+
+    def _decay(self, clock: Clock) -> Array:
+        return self.lr * (1.0 + clock.steps / (self.tau * clock.total)) ** -0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Polynomial(Schedule):
+    """Polynomial decay from ``lr`` to ``min_lr`` over ``decay_period`` (fraction of ``T'``).
+
+    Without ``cycle`` it holds ``min_lr`` after the period. With ``cycle`` it
+    follows Keras: the period stretches to the next multiple ``P·ceil(u/P)``,
+    so the LR jumps back up at every multiple of ``P``.
+    """
+
+    family: ClassVar[str] = "polynomial"
+    power: float = 1.0
+    min_lr: float = 0.0
+    decay_period: float = 1.0
+    cycle: bool = False
+
+    def _validate(self) -> None:
+        self._require("power", self.power > 0, "> 0")
+        self._require(
+            "decay_period", self.decay_period > 0, "> 0 (a fraction of the post-warmup run)"
+        )
+
+    def _decay(self, clock: Clock) -> Array:
+        period = self.decay_period * clock.total
+        if self.cycle:
+            # Snapping can leave ``t'`` a rounding error past ``P_k``; clipping keeps a
+            # fractional power away from a negative base (NaN).
+            cycle_period = period * np.maximum(_ceil(clock.steps / period), 1.0)
+            done = np.minimum(clock.steps / cycle_period, 1.0)
+        else:
+            done = np.minimum(clock.steps, period) / period
+        return (self.lr - self.min_lr) * (1.0 - done) ** self.power + self.min_lr
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cosine(Schedule):
+    """Half a cosine from ``lr`` to ``min_lr`` over ``decay_period`` (fraction of ``T'``), then ``min_lr``.
+
+    Article 000's code rises again after the period; holding ``min_lr`` is the fix.
+    """
+
+    family: ClassVar[str] = "cosine"
+    min_lr: float = 0.0
+    decay_period: float = 1.0
+
+    def _validate(self) -> None:
+        self._require(
+            "decay_period", self.decay_period > 0, "> 0 (a fraction of the post-warmup run)"
+        )
+
+    def _decay(self, clock: Clock) -> Array:
+        period = self.decay_period * clock.total
+        return _cos_anneal(self.lr, self.min_lr, np.minimum(clock.steps, period) / period)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CosineRestarts(Schedule):
+    """SGDR: cosine cycles of length ``first_cycle · multiplier**k`` (``first_cycle`` a fraction of ``T'``).
+
+    Cycle ``k`` peaks at ``lr · peak_decay**k``, optionally ramping up from
+    ``min_lr`` over its first ``cycle_warmup`` fraction (article 000's
+    multi-cycle schedule; its ``multi=0.25`` is ``multiplier=1.25``). The cycle
+    index is the closed form of the geometric series, corrected at exact cycle
+    ends where the float logarithm lands one cycle short. Keras's
+    CosineDecayRestarts is this with ``min_lr = alpha · lr`` when
+    ``m_mul = 1`` or ``alpha = 0``; otherwise Keras scales ``alpha`` into the
+    peak, and here the peak is exactly ``lr · peak_decay**k``.
+    """
+
+    family: ClassVar[str] = "cosine_restarts"
+    first_cycle: float
+    multiplier: float = 1.0
+    peak_decay: float = 1.0
+    cycle_warmup: float = 0.0
+    min_lr: float = 0.0
+
+    def _validate(self) -> None:
+        self._require(
+            "first_cycle",
+            0 < self.first_cycle <= 1,
+            "in (0, 1] (a fraction of the post-warmup run)",
+        )
+        self._require("multiplier", self.multiplier >= 1, ">= 1")
+        self._require("peak_decay", 0 < self.peak_decay <= 1, "in (0, 1]")
+        self._require("cycle_warmup", 0 <= self.cycle_warmup < 1, "in [0, 1)")
+
+    def _cycle_start(self, first: float, k: Array) -> Array:
+        if self.multiplier == 1.0:
+            return _snap(first * k)
+        return _snap(first * (self.multiplier**k - 1.0) / (self.multiplier - 1.0))
+
+    def _decay(self, clock: Clock) -> Array:
+        first = float(_snap(self.first_cycle * clock.total))
+        if self.multiplier == 1.0:
+            k = np.floor(clock.steps / first)
+        else:
+            k = np.floor(
+                np.log1p(clock.steps / first * (self.multiplier - 1.0)) / math.log(self.multiplier)
+            )
+        k = np.where(self._cycle_start(first, k + 1) <= clock.steps, k + 1, k)
+        k = np.where(self._cycle_start(first, k) > clock.steps, k - 1, k)
+        frac = (clock.steps - self._cycle_start(first, k)) / (first * self.multiplier**k)
+        peak = self.lr * self.peak_decay**k
+        if self.cycle_warmup == 0:
+            return _cos_anneal(peak, self.min_lr, frac)
+        ramp = self.min_lr + (peak - self.min_lr) * frac / self.cycle_warmup
+        anneal = _cos_anneal(
+            peak, self.min_lr, (frac - self.cycle_warmup) / (1 - self.cycle_warmup)
+        )
+        return np.where(frac < self.cycle_warmup, ramp, anneal)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cyclic(Schedule):
+    """Smith's cyclical LR between ``min_lr`` and ``lr``; PyTorch's CyclicLR with equal half-cycles.
+
+    ``step_size`` is the half-cycle as a fraction of the whole run ``T``.
+    ``triangular2`` halves the amplitude every cycle; ``exp_range`` multiplies
+    it by ``gamma ** t'`` with ``t'`` in steps, so it alone does not stretch
+    with the run length.
+    """
+
+    family: ClassVar[str] = "cyclic"
+    step_size: float
+    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
+    gamma: float = 1.0
+    min_lr: float = 0.0
+
+    def _validate(self) -> None:
+        self._require("step_size", 0 < self.step_size <= 1, "in (0, 1] (a fraction of the run)")
+        self._require("gamma", 0 < self.gamma <= 1, "in (0, 1]")
+
+    def _decay(self, clock: Clock) -> Array:
+        half = float(_snap(self.step_size * clock.run_total))
+        position = clock.steps / (2 * half)
+        cycle = _floor(1.0 + position)
+        x = 1.0 + position - cycle
+        height = np.where(x <= 0.5, 2 * x, 2 * (1 - x))
+        if self.mode == "triangular2":
+            height = height / 2.0 ** (cycle - 1)
+        elif self.mode == "exp_range":
+            height = height * self.gamma**clock.steps
+        return self.min_lr + (self.lr - self.min_lr) * height
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneCycle(Schedule):
+    """Smith's one-cycle: ``lr/div_factor`` up to ``lr`` over ``pct_start``, then down to ``lr/(div·final_div)``.
+
+    Both phases use the ``anneal`` shape, as PyTorch's OneCycleLR does. Step
+    counting differs from PyTorch: OneCycleLR ends its phases at steps
+    ``pct_start·T - 1`` and ``T - 1``; here the peak is at ``u = pct_start`` and
+    the floor is reached at ``u = 1`` (one step after the last), so the same
+    curve is shifted by at most one step.
+    """
+
+    family: ClassVar[str] = "one_cycle"
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    anneal: Literal["cos", "linear"] = "cos"
+
+    def _validate(self) -> None:
+        self._require("pct_start", 0 < self.pct_start < 1, "in (0, 1)")
+        self._require("div_factor", self.div_factor >= 1, ">= 1")
+        self._require("final_div_factor", self.final_div_factor >= 1, ">= 1")
+
+    def _shape(self, high: float, low: float, frac: Array) -> Array:
+        if self.anneal == "cos":
+            return _cos_anneal(high, low, frac)
+        return high + (low - high) * frac
+
+    def _decay(self, clock: Clock) -> Array:
+        start = self.lr / self.div_factor
+        end = start / self.final_div_factor
+        u = np.minimum(clock.u, 1.0)
+        rise = self._shape(start, self.lr, u / self.pct_start)
+        fall = self._shape(self.lr, end, (u - self.pct_start) / (1 - self.pct_start))
+        return np.where(u < self.pct_start, rise, fall)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear(Schedule):
+    """A straight line from ``lr`` to ``min_lr`` over the post-warmup run."""
+
+    family: ClassVar[str] = "linear"
+    min_lr: float = 0.0
+
+    def _decay(self, clock: Clock) -> Array:
+        return self.lr + (self.min_lr - self.lr) * np.minimum(clock.u, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Wsd(Schedule):
+    """Warmup-stable-decay: ``lr`` until ``1 - decay_fraction``, then down to ``min_lr``."""
+
+    family: ClassVar[str] = "wsd"
+    decay_fraction: float = 0.2
+    decay: Literal["linear", "cosine", "1-sqrt"] = "linear"
+    min_lr: float = 0.0
+
+    def _validate(self) -> None:
+        self._require("decay_fraction", 0 < self.decay_fraction <= 1, "in (0, 1]")
+
+    def _decay(self, clock: Clock) -> Array:
+        x = np.clip((clock.u - (1 - self.decay_fraction)) / self.decay_fraction, 0.0, 1.0)
+        if self.decay == "cosine":
+            return _cos_anneal(self.lr, self.min_lr, x)
+        shape = x if self.decay == "linear" else np.sqrt(x)
+        return self.lr + (self.min_lr - self.lr) * shape
+
+
+def _increasing_in_unit(points: tuple[float, ...]) -> bool:
+    return len(points) > 0 and all(a < b for a, b in zip((0.0, *points), (*points, 1.0)))
+
+
+# ---------------------------------------------------------------------------
+# Absolute-step constructors with the reference articles' own signatures.
+# Each returns the fractional schedule that gives the same LRs on a run of
+# ``total_steps`` steps, so it can be searched around and replayed.
+
+
+def polynomial_decay(
+    initial_lr: float,
+    decay_period: int,
+    power: float,
+    min_lr: float,
+    cycle: bool,
+    *,
+    total_steps: int,
+) -> Polynomial:
+    """Article 000's ``PolynomialDecay(initial_lr, decay_period, power, min_lr, cycle)``."""
+    total = _check_total_steps(total_steps)
+    return Polynomial(
+        lr=initial_lr, power=power, min_lr=min_lr, decay_period=decay_period / total, cycle=cycle
+    )
+
+
+def cosine_warmup_decay(
+    initial_lr: float,
+    min_lr: float,
+    warmup_step: int,
+    total_step: int,
+    multi: float | None = None,
+    *,
+    total_steps: int | None = None,
+) -> Cosine | CosineRestarts:
+    """Article 000's ``CosineWarmupDecay(initial_lr, min_lr, warmup_step, total_step[, multi])``.
+
+    Without ``multi``: a linear ramp from ``min_lr`` over ``warmup_step``, then
+    a cosine ending at ``total_step`` (held at ``min_lr`` after, where the
+    article rose again). With ``multi``: cycles of ``total_step·(1+multi)**k``
+    steps, each ramping over the same share ``warmup_step/total_step``, with
+    the cycle counted from the step given rather than the article's private
+    counter. ``total_steps`` is the run's length (default ``total_step``).
+    """
+    run = _check_total_steps(total_step if total_steps is None else total_steps)
+    if multi is None:
+        return Cosine(
+            lr=initial_lr,
+            min_lr=min_lr,
+            warmup=warmup_step / run,
+            decay_period=(total_step - warmup_step) / (run - warmup_step),
+        )
+    return CosineRestarts(
+        lr=initial_lr,
+        min_lr=min_lr,
+        first_cycle=total_step / run,
+        multiplier=1.0 + multi,
+        cycle_warmup=warmup_step / total_step,
+    )
+
+
+def exponential_decay_with_burnin(
+    lr: float,
+    decay_steps: int,
+    decay_rate: float,
+    burnin_steps: int,
+    staircase: bool = False,
+    *,
+    total_steps: int,
+) -> Exponential:
+    """Article 001's ``exponential_decay_with_burnin``: a darknet burn-in, then exponential decay.
+
+    The article's TensorFlow branches decay during burn-in and freeze after
+    it; SCHEDULES.md fixes the intent instead: ``lr · (t/burnin)**4`` up to
+    ``lr``, then ``lr · decay_rate ** ((t - burnin) / decay_steps)``.
+    """
+    total = _check_total_steps(total_steps)
+    return Exponential(
+        lr=lr,
+        warmup=burnin_steps / total,
+        warmup_mode="burnin",
+        decay_rate=decay_rate,
+        decay_steps=decay_steps / (total - burnin_steps),
+        staircase=staircase,
+    )
+
+
+def cyclic_lr(
+    base_lr: float,
+    max_lr: float,
+    step_size: int,
+    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular",
+    gamma: float = 1.0,
+    *,
+    total_steps: int,
+) -> Cyclic:
+    """Article 002's cyclical LR (Smith): ``base_lr`` to ``max_lr`` and back every ``2·step_size`` steps."""
+    total = _check_total_steps(total_steps)
+    return Cyclic(lr=max_lr, min_lr=base_lr, step_size=step_size / total, mode=mode, gamma=gamma)
+
+
+def square_root_scheduler(lr: float = 0.1, *, total_steps: int) -> InverseSqrt:
+    """Article 004's ``SquareRootScheduler(lr)``: ``lr · (t + 1) ** -0.5``."""
+    return InverseSqrt(lr=lr, tau=1.0 / _check_total_steps(total_steps))
+
+
+def cosine_scheduler(
+    max_update: int,
+    base_lr: float = 0.01,
+    final_lr: float = 0.0,
+    warmup_steps: int = 0,
+    warmup_begin_lr: float = 0.0,
+    *,
+    total_steps: int | None = None,
+) -> Cosine:
+    """Article 004's ``CosineScheduler(max_update, base_lr, final_lr, warmup_steps, warmup_begin_lr)``.
+
+    Linear warmup from ``warmup_begin_lr``, cosine to ``final_lr`` at
+    ``max_update``, then ``final_lr``. ``total_steps`` defaults to ``max_update``.
+    """
+    run = _check_total_steps(max_update if total_steps is None else total_steps)
+    return Cosine(
+        lr=base_lr,
+        min_lr=final_lr,
+        warmup=warmup_steps / run,
+        warmup_start=warmup_begin_lr if warmup_steps else None,
+        decay_period=(max_update - warmup_steps) / (run - warmup_steps),
+    )
+
+
+def multistep_lr(lr: float, milestones: list[int], gamma: float = 0.1, *, total_steps: int) -> Step:
+    """Article 004's ``MultiStepLR(optimizer, milestones, gamma)`` with milestones in steps."""
+    total = _check_total_steps(total_steps)
+    return Step(lr=lr, milestones=tuple(m / total for m in milestones), gamma=gamma)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch
+
+
+class ScheduleLR(LRScheduler):
+    """A PyTorch LRScheduler whose LR at step ``k`` is the schedule's closed form at ``k``.
+
+    The run's factors are evaluated once, vectorised, at construction, so a
+    ``step()`` is a table look-up; steps past ``total_steps`` use the closed
+    form. ``state_dict()`` carries the schedule as its JSON dict (no pickled
+    objects: it loads with ``torch.load(weights_only=True)``), and a restored
+    scheduler continues exactly where the saved one stood.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        total_steps: int,
+        last_epoch: int = -1,
+    ) -> None:
+        self.schedule = schedule
+        self.total_steps = _check_total_steps(total_steps)
+        self._factors = self._table()
+        super().__init__(optimizer, last_epoch)
+
+    def _table(self) -> Array:
+        return np.asarray(self.schedule.factor(np.arange(self.total_steps + 1), self.total_steps))
+
+    def _factor(self, step: int) -> float:
+        if step < len(self._factors):
+            return float(self._factors[step])
+        return float(self.schedule.factor(step, self.total_steps))
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        factor = self._factor(self.last_epoch)
+        return [base * factor for base in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> list[float | torch.Tensor]:
+        return self.get_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        del state["_factors"]
+        state["schedule"] = self.schedule.to_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        schedule = Schedule.from_dict(state.pop("schedule"))
+        super().load_state_dict(state)
+        self.schedule = schedule
+        self._factors = self._table()

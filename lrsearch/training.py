@@ -1,0 +1,207 @@
+"""One trial's training run: the whole loop on one screen, data already on the device.
+
+The loop knows torch and schedules, not Optuna: it reports each epoch's
+validation accuracy to a callback, and the study runner decides what to do
+with it (report to a pruner, print progress). Model, optimizer and schedule
+are values built here from arguments, nothing global, so several trials
+could later share one pass over the data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from lrsearch.errors import LrsearchError
+from lrsearch.schedules import Schedule
+from lrsearch.tasks import Task
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "make_optimizer", "resolve_device", "train"]
+
+OptimizerName = Literal["sgd", "adam", "adamw"]
+Report = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How every trial trains; only the schedule changes between trials."""
+
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: OptimizerName = "sgd"
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
+    weight_decay: float = 0.0
+    eval_batch_size: int = 4096
+    # A trial diverged when its loss is not finite or exceeds this many times
+    # the loss of a uniform guess, ln(num_classes).
+    divergence_factor: float = 10.0
+    # Steps between reads of the device-side divergence flag (a host sync).
+    check_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
+            value = getattr(self, name)
+            if value < 1:
+                raise LrsearchError(f"training.{name}={value} is not allowed; it must be >= 1")
+        if not 0.0 <= self.momentum < 1.0:
+            raise LrsearchError(f"training.momentum={self.momentum} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise LrsearchError(f"training.weight_decay={self.weight_decay} must be >= 0")
+        if self.divergence_factor <= 1:
+            raise LrsearchError(f"training.divergence_factor={self.divergence_factor} must be > 1")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise LrsearchError("training.nesterov needs optimizer 'sgd' with momentum > 0")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    val_accuracy: float
+    test_accuracy: float
+    epochs: int  # completed
+    steps: int  # optimizer steps taken
+    seconds: float
+    diverged_step: int | None = None  # set when the loss blew up
+    diverged_reason: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LrsearchError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index or 0) >= count:
+            raise LrsearchError(
+                f"--device {name!r} does not exist here; this machine has {count} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise LrsearchError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], lr: float, config: TrainConfig
+) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+
+def steps_per_epoch(task: Task, config: TrainConfig) -> int:
+    """Full batches only: the last partial batch is dropped, so every step has one shape."""
+    steps = len(task.train_labels) // config.batch_size
+    if steps < 1:
+        raise LrsearchError(
+            f"training.batch_size={config.batch_size} is larger than the "
+            f"{len(task.train_labels)} training examples"
+        )
+    return steps
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> float:
+    """Accuracy in large batches, summed on the device: one host sync per call."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    for start in range(0, len(labels), batch_size):
+        logits = model(task.normalize(images[start : start + batch_size]))
+        correct += (logits.argmax(dim=1) == labels[start : start + batch_size]).sum()
+    model.train()
+    return correct.item() / max(len(labels), 1)
+
+
+def train(
+    task: Task, schedule: Schedule, config: TrainConfig, *, seed: int, report: Report | None = None
+) -> TrainResult:
+    """Train the task's model with ``schedule`` stepped every batch; return accuracies.
+
+    Seeded end to end (weights and shuffling), so the same seed gives the
+    same run on the CPU. Divergence ends the run early with the step and
+    reason recorded rather than raising: a diverged schedule is a result.
+    """
+    device = task.train_labels.device
+    torch.manual_seed(seed)
+    model = task.build_model().to(device)
+    optimizer = make_optimizer(model.parameters(), schedule.lr, config)
+    per_epoch = steps_per_epoch(task, config)
+    scheduler = schedule.torch_scheduler(optimizer, config.epochs * per_epoch)
+    shuffle = torch.Generator(device=device).manual_seed(seed)
+    loss_limit = config.divergence_factor * math.log(max(task.num_classes, 2))
+    worst_loss = torch.zeros((), device=device)  # torch.maximum keeps a NaN once seen
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(task.train_labels), device=device, generator=shuffle)
+        for batch in order[: per_epoch * config.batch_size].view(per_epoch, config.batch_size):
+            loss = F.cross_entropy(
+                model(task.normalize(task.train_images[batch])), task.train_labels[batch]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            worst_loss = torch.maximum(worst_loss, loss.detach())
+            if step % config.check_every == 0 and not worst_loss.item() < loss_limit:
+                return _diverged(model, task, config, epoch, step, worst_loss, started)
+        if not worst_loss.item() < loss_limit:
+            return _diverged(model, task, config, epoch, step, worst_loss, started)
+        val = evaluate(model, task, task.val_images, task.val_labels, config.eval_batch_size)
+        if report is not None:
+            report(epoch + 1, val)
+    test = evaluate(model, task, task.test_images, task.test_labels, config.eval_batch_size)
+    return TrainResult(val, test, config.epochs, step, time.perf_counter() - started)
+
+
+def _diverged(
+    model: torch.nn.Module,
+    task: Task,
+    config: TrainConfig,
+    epoch: int,
+    step: int,
+    worst_loss: torch.Tensor,
+    started: float,
+) -> TrainResult:
+    """``step`` is the first divergence check after the loss blew up; checks are
+    ``check_every`` steps apart."""
+    value = worst_loss.item()
+    limit = config.divergence_factor * math.log(max(task.num_classes, 2))
+    reason = (
+        f"loss became {value}"
+        if not math.isfinite(value)
+        else f"loss reached {value:.4g} > limit {limit:.4g}"
+    )
+    return TrainResult(
+        val_accuracy=evaluate(
+            model, task, task.val_images, task.val_labels, config.eval_batch_size
+        ),
+        test_accuracy=float("nan"),
+        epochs=epoch,
+        steps=step,
+        seconds=time.perf_counter() - started,
+        diverged_step=step,
+        diverged_reason=reason,
+    )

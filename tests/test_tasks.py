@@ -1,0 +1,425 @@
+from __future__ import annotations
+
+import pickle
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from idx_files import accept_cifar10_files, write_cifar10_like, write_mnist_like
+
+from lrsearch.errors import LrsearchError
+from lrsearch.tasks import (
+    BUILTIN_TASKS,
+    Task,
+    TaskSource,
+    lenet,
+    load_source,
+    load_task,
+    prepare_task,
+    small_cnn,
+)
+
+CPU = torch.device("cpu")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail every download at once, as offline, so no test depends on or waits for a network."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def write_builtin(task: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if task == "cifar10":
+        write_cifar10_like(root)
+        accept_cifar10_files(monkeypatch)
+    else:
+        write_mnist_like(root, dataset={"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}[task])
+
+
+def first_written_image(task: str, root: Path) -> np.ndarray:
+    """The first training image as [C, H, W], read straight from the written file."""
+    if task == "cifar10":
+        batch = pickle.loads((root / "cifar-10-batches-py" / "data_batch_1").read_bytes())
+        return np.asarray(batch["data"][0]).reshape(3, 32, 32)
+    folder = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}[task]
+    raw = (root / folder / "raw" / "train-images-idx3-ubyte").read_bytes()
+    return np.frombuffer(raw, dtype=np.uint8, offset=16)[: 28 * 28].reshape(1, 28, 28)
+
+
+def load(task: str, root: Path, **overrides: Any) -> Task:
+    options: dict[str, Any] = {
+        "model": None,
+        "data_dir": root,
+        "val_size": 20,
+        "split_seed": 0,
+        "device": CPU,
+        "download": False,
+    }
+    return load_task(task, **(options | overrides))
+
+
+def numbered_source(n_train: int = 100, n_test: int = 10) -> TaskSource:
+    """Image i is filled with the value i, so every sample can be told apart after a split."""
+    train_images = torch.arange(n_train, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+    return TaskSource(
+        train_images=train_images.contiguous(),
+        train_labels=torch.arange(n_train) % 10,
+        test_images=torch.full((n_test, 1, 4, 4), 1000.0),
+        test_labels=torch.arange(n_test) % 10,
+        num_classes=10,
+        models={"lenet": lenet},
+    )
+
+
+def prepare(source: TaskSource, **overrides: Any) -> Task:
+    options: dict[str, Any] = {
+        "name": "numbered",
+        "model": None,
+        "val_size": 30,
+        "split_seed": 0,
+        "device": CPU,
+    }
+    return prepare_task(source, **(options | overrides))
+
+
+def ids(images: torch.Tensor) -> set[int]:
+    return {int(value) for value in images[:, 0, 0, 0]}
+
+
+@pytest.mark.parametrize("download", [False, True])
+@pytest.mark.parametrize(
+    ("task", "shape", "n_train", "n_test"),
+    [
+        ("fashion-mnist", (1, 28, 28), 200, 100),
+        ("mnist", (1, 28, 28), 200, 100),
+        ("cifar10", (3, 32, 32), 100, 50),
+    ],
+)
+def test_builtin_loads_written_files_as_nchw_uint8(
+    task: str,
+    shape: tuple[int, ...],
+    n_train: int,
+    n_test: int,
+    download: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_builtin(task, tmp_path, monkeypatch)
+
+    source = load_source(task, tmp_path, download=download)
+
+    assert source.train_images.shape == (n_train, *shape)
+    assert source.test_images.shape == (n_test, *shape)
+    assert source.train_images.dtype == source.test_images.dtype == torch.uint8
+    assert source.train_labels.dtype == torch.int64
+    assert source.train_labels.bincount().tolist() == [n_train // 10] * 10
+    np.testing.assert_array_equal(
+        source.train_images[0].numpy(), first_written_image(task, tmp_path)
+    )
+
+
+def test_task_keeps_uint8_splits_on_device(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path)
+
+    task = load("fashion-mnist", tmp_path, val_size=50)
+
+    assert (len(task.train_images), len(task.val_images), len(task.test_images)) == (150, 50, 100)
+    for images in (task.train_images, task.val_images, task.test_images):
+        assert images.dtype == torch.uint8
+        assert images.device == CPU
+    assert task.mean.shape == task.std.shape == (1, 1, 1, 1)
+    assert task.mean.dtype == torch.float32
+
+
+@pytest.mark.parametrize(("val_size", "n_val"), [(30, 30), (0.25, 25), (1, 1), (99, 99)])
+def test_val_split_is_carved_from_train_disjoint_and_sized(
+    val_size: int | float, n_val: int
+) -> None:
+    task = prepare(numbered_source(100), val_size=val_size)
+
+    assert len(task.val_images) == len(task.val_labels) == n_val
+    assert ids(task.train_images).isdisjoint(ids(task.val_images))
+    assert ids(task.train_images) | ids(task.val_images) == set(range(100))
+    assert (task.val_labels == task.val_images[:, 0, 0, 0].long() % 10).all()
+
+
+def test_val_split_depends_on_the_split_seed_only() -> None:
+    source = numbered_source(100)
+    expected = torch.randperm(100, generator=torch.Generator().manual_seed(7))[:30]
+
+    torch.manual_seed(1)
+    first = prepare(source, split_seed=7)
+    torch.manual_seed(2)
+    second = prepare(source, split_seed=7)
+    other_seed = prepare(source, split_seed=8)
+
+    assert first.val_images[:, 0, 0, 0].long().tolist() == expected.tolist()
+    assert torch.equal(first.val_images, second.val_images)
+    assert not torch.equal(first.val_images, other_seed.val_images)
+
+
+def test_mean_and_std_come_from_the_train_split_per_channel() -> None:
+    generator = torch.Generator().manual_seed(0)
+    train_images = torch.randint(0, 256, (60, 3, 4, 4), dtype=torch.uint8, generator=generator)
+    train_images[:, 1] //= 4  # channels with different statistics
+    source = TaskSource(
+        train_images=train_images,
+        train_labels=torch.zeros(60, dtype=torch.int64),
+        test_images=torch.full((5, 3, 4, 4), 255, dtype=torch.uint8),
+        test_labels=torch.zeros(5, dtype=torch.int64),
+        num_classes=2,
+        models={"lenet": lenet},
+    )
+
+    task = prepare(source, val_size=20)
+
+    train = task.train_images.double()
+    expected_mean = train.mean(dim=(0, 2, 3))
+    expected_std = train.std(dim=(0, 2, 3), correction=0)
+    assert torch.allclose(task.mean.flatten().double(), expected_mean, atol=1e-4)
+    assert torch.allclose(task.std.flatten().double(), expected_std, atol=1e-4)
+    assert not torch.allclose(expected_mean, train_images.double().mean(dim=(0, 2, 3)), atol=1e-4)
+    normalized = task.normalize(task.train_images)
+    assert normalized.dtype == torch.float32
+    assert torch.allclose(normalized.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+
+
+def test_constant_channel_is_centered_not_divided_by_zero() -> None:
+    source = numbered_source(10)
+    constant = TaskSource(
+        train_images=torch.full((10, 1, 4, 4), 7.0),
+        train_labels=source.train_labels,
+        test_images=source.test_images,
+        test_labels=source.test_labels,
+        num_classes=10,
+        models=source.models,
+    )
+
+    task = prepare(constant, val_size=2)
+
+    assert task.std.item() == 1.0
+    assert torch.equal(task.normalize(task.val_images), torch.zeros(2, 1, 4, 4))
+
+
+@pytest.mark.parametrize(("task_name", "default"), [("mnist", "lenet"), ("cifar10", "resnet")])
+def test_every_model_gives_logits_per_class(
+    task_name: str, default: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_builtin(task_name, tmp_path, monkeypatch)
+    models = load_source(task_name, tmp_path).models
+
+    assert next(iter(models)) == default
+    assert load(task_name, tmp_path).model_name == default
+    for model_name in models:
+        task = load(task_name, tmp_path, model=model_name)
+        logits = task.build_model()(task.normalize(task.train_images[:4]))
+        assert logits.shape == (4, 10), model_name
+
+
+@pytest.mark.parametrize(("factory", "parameters"), [(lenet, 61_706), (small_cnn, 421_642)])
+def test_article_models_keep_their_layer_sizes(factory: Any, parameters: int) -> None:
+    assert sum(p.numel() for p in factory().parameters()) == parameters
+
+
+def test_written_data_is_learnable(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path)
+    task = load("fashion-mnist", tmp_path)
+    torch.manual_seed(0)
+    model = task.build_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(
+            model(task.normalize(task.train_images)), task.train_labels
+        )
+        loss.backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        predictions = model(task.normalize(task.test_images)).argmax(dim=1)
+    assert (predictions == task.test_labels).float().mean() > 0.5
+
+
+def test_unknown_task_lists_the_builtins(tmp_path: Path) -> None:
+    with pytest.raises(LrsearchError, match="'imagenet'") as caught:
+        load_source("imagenet", tmp_path)
+    assert all(name in str(caught.value) for name in BUILTIN_TASKS)
+    assert "module:function" in str(caught.value)
+
+
+def test_unknown_model_lists_the_task_models(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path)
+
+    with pytest.raises(LrsearchError, match=r"'vgg'.*lenet, cnn"):
+        load("fashion-mnist", tmp_path, model="vgg")
+
+
+@pytest.mark.parametrize("val_size", [0, -3, 100, 150, 0.0, 1.0, 1.5, -0.2, 0.001])
+def test_invalid_val_size_is_named(val_size: int | float) -> None:
+    with pytest.raises(LrsearchError, match=f"val_size {val_size!r} ") as caught:
+        prepare(numbered_source(100), val_size=val_size)
+    assert "(0, 1)" in str(caught.value) or "1 and 99" in str(caught.value)
+
+
+@pytest.mark.parametrize("download", [False, True])
+@pytest.mark.parametrize("task", BUILTIN_TASKS)
+def test_missing_data_names_the_directory_and_data_dir(
+    task: str, download: bool, tmp_path: Path
+) -> None:
+    with pytest.raises(LrsearchError) as caught:
+        load(task, tmp_path, download=download)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert repr(task) in message
+    assert str(tmp_path.resolve()) in message
+    assert "--data-dir" in message
+
+
+def test_missing_cifar10_is_reported_even_when_md5_checks_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accept_cifar10_files(monkeypatch)
+
+    with pytest.raises(LrsearchError, match="--data-dir"):
+        load_source("cifar10", tmp_path, download=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "complaint"),
+    [
+        ({"train_images": torch.zeros(10, 4, 4, dtype=torch.uint8)}, "train_images must be"),
+        ({"train_images": torch.zeros(0, 1, 4, 4, dtype=torch.uint8)}, "train_images must be"),
+        ({"test_images": torch.zeros(4, 1, 4, 4, dtype=torch.int32)}, "test_images must be uint8"),
+        ({"train_labels": torch.zeros(10, dtype=torch.int32)}, "train_labels must be int64"),
+        ({"test_labels": torch.zeros(3, dtype=torch.int64)}, r"test_labels .* shape \(4,\)"),
+        ({"train_labels": torch.full((10,), 10)}, r"train_labels must lie in \[0, 9\]"),
+        ({"test_labels": torch.full((4,), -1)}, r"test_labels must lie in \[0, 9\]"),
+        ({"test_images": torch.zeros(4, 1, 5, 5, dtype=torch.uint8)}, "differ"),
+        ({"test_images": torch.zeros(4, 1, 4, 4)}, "differ"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"models": {}}, "at least one model"),
+    ],
+)
+def test_task_source_rejects_malformed_tensors(changes: dict[str, Any], complaint: str) -> None:
+    fields: dict[str, Any] = {
+        "train_images": torch.zeros(10, 1, 4, 4, dtype=torch.uint8),
+        "train_labels": torch.arange(10),
+        "test_images": torch.zeros(4, 1, 4, 4, dtype=torch.uint8),
+        "test_labels": torch.arange(4),
+        "num_classes": 10,
+        "models": {"lenet": lenet},
+    }
+
+    with pytest.raises(LrsearchError, match=complaint):
+        TaskSource(**(fields | changes))
+
+
+USER_TASK = """
+from pathlib import Path
+
+import torch
+
+from lrsearch.tasks import TaskSource, lenet
+
+
+def build(data_dir: Path) -> TaskSource:
+    n = int((data_dir / "count.txt").read_text())
+    return TaskSource(
+        train_images=torch.zeros(n, 1, 28, 28, dtype=torch.uint8),
+        train_labels=torch.arange(n) % 3,
+        test_images=torch.zeros(5, 1, 28, 28, dtype=torch.uint8),
+        test_labels=torch.arange(5) % 3,
+        num_classes=3,
+        models={"tiny": lenet},
+    )
+
+
+def wrong(data_dir: Path) -> list[int]:
+    return [1, 2]
+
+
+not_a_function = 3
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A user's task module on sys.path, with a fresh name so no earlier import is reused."""
+    name = f"user_task_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text(USER_TASK)
+    monkeypatch.syspath_prepend(tmp_path)
+    return name
+
+
+def test_user_task_loads_from_an_import_path(user_module: str, tmp_path: Path) -> None:
+    (tmp_path / "count.txt").write_text("40")
+
+    task = load(f"{user_module}:build", tmp_path, val_size=0.25)
+
+    assert (task.name, task.model_name, task.num_classes) == (f"{user_module}:build", "tiny", 3)
+    assert (len(task.train_images), len(task.val_images)) == (30, 10)
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("no_such_module_for_lrsearch:build", "cannot import 'no_such_module_for_lrsearch'"),
+        ("{module}:missing", "has no function 'missing'"),
+        ("{module}:not_a_function", "has no function 'not_a_function'"),
+        ("{module}:", "not a valid import path"),
+        (":build", "not a valid import path"),
+        ("my-tasks:build", "not a valid import path"),
+        ("{module}:build:extra", "not a valid import path"),
+    ],
+)
+def test_bad_import_path_names_what_was_tried(
+    spec: str, complaint: str, user_module: str, tmp_path: Path
+) -> None:
+    task = spec.format(module=user_module)
+
+    with pytest.raises(LrsearchError, match=complaint) as caught:
+        load_source(task, tmp_path)
+    assert repr(task) in str(caught.value)
+    assert "module:function" in str(caught.value)
+
+
+def test_user_function_must_return_a_task_source(user_module: str, tmp_path: Path) -> None:
+    with pytest.raises(LrsearchError, match=r"returned list, expected .*TaskSource"):
+        load_source(f"{user_module}:wrong", tmp_path)
+
+
+def test_example_custom_task_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(REPO_ROOT)
+
+    task = load("examples.custom_task:build", tmp_path, val_size=0.1)
+
+    assert task.model_name == "mlp"
+    assert task.train_images.dtype == torch.uint8
+    assert task.train_images.shape[1:] == (1, 8, 8)
+    assert len(task.train_images) + len(task.val_images) + len(task.test_images) == 1797
+    assert task.build_model()(task.normalize(task.val_images)).shape == (len(task.val_images), 10)
+
+
+def test_load_task_is_cached_per_argument_set(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path)
+
+    first = load("fashion-mnist", tmp_path)
+    again = load("fashion-mnist", tmp_path)
+    other_seed = load("fashion-mnist", tmp_path, split_seed=1)
+
+    assert again is first
+    assert again.train_images is first.train_images
+    assert other_seed is not first
+    assert not torch.equal(other_seed.val_images, first.val_images)
