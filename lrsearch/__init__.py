@@ -6,6 +6,7 @@ The public API; everything else is reachable through the modules.
 from __future__ import annotations
 
 from lrsearch.errors import LrsearchError
+from lrsearch.export import load_results
 from lrsearch.schedules import Schedule, load_schedule, make_schedule
 from lrsearch.space import SearchSpace, default_space, suggest_schedule
 
@@ -14,6 +15,7 @@ __all__ = [
     "Schedule",
     "SearchSpace",
     "default_space",
+    "load_results",
     "load_schedule",
     "make_schedule",
     "suggest_schedule",

@@ -10,8 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lrsearch.errors import LrsearchError
+
+if TYPE_CHECKING:
+    from lrsearch.config import StudyConfig
 
 __all__ = ["main"]
 
@@ -35,30 +39,95 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a study: each trial samples a schedule family and its parameters and "
         "trains the task's model with it. Options override the study file.",
     )
+    _add_study_options(run)
+    run.add_argument("--n-trials", type=int, help="trials to add in this run")
     run.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long"
+    )
+    run.add_argument("--seed", type=int, help="sampler seed; trial k trains with seed + k")
+    run.add_argument("--epochs", type=int, help="epochs per trial")
+    run.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="queue the reference articles' schedules as the first trials (once per study)",
+    )
+    run.add_argument(
+        "--artifact-dir",
+        type=Path,
+        help="where trials' LR-curve images go; default beside the SQLite file, or .lrsearch/",
+    )
+    confirm = commands.add_parser(
+        "confirm",
+        help="retrain the top trials and the best baseline longer, with several seeds",
+        description="Retrain the top-K searched trials and the best baseline at a longer "
+        "budget, each schedule replayed at the new length, and compare the rankings.",
+    )
+    _add_study_options(confirm)
+    confirm.add_argument("--top", type=int, default=3, help="searched trials to confirm (K)")
+    confirm.add_argument("--epochs", type=int, required=True, help="epochs of each confirm run")
+    confirm.add_argument("--seeds", type=int, default=3, help="seeds per schedule")
+    for name, help_text, out_help, out_default in (
+        (
+            "export",
+            "write trials and per-epoch accuracy as CSV + Parquet, and a summary",
+            "folder",
+            None,
+        ),
+        (
+            "plot",
+            "write PNG plots: LR curves, history, accuracy by family, importances",
+            "folder",
+            None,
+        ),
+        ("best", "write the best complete trial's schedule as JSON", "file", "best_schedule.json"),
+    ):
+        results = commands.add_parser(name, help=help_text, description=help_text)
+        results.add_argument("--study-name", required=True, help="study name in the storage")
+        results.add_argument(
+            "--storage", metavar="URL", help="default sqlite:///.lrsearch/<study-name>.db"
+        )
+        results.add_argument(
+            "--out", type=Path, required=out_default is None, default=out_default, help=out_help
+        )
+        if name == "best":
+            results.add_argument(
+                "--confirmed",
+                action="store_true",
+                help="the winner of lrsearch confirm (best mean at the longest length)",
+            )
+        if name == "plot":
+            results.add_argument(
+                "--top", type=int, default=5, help="LR curves of the K best trials"
+            )
+    from lrsearch import bench
+
+    bench.add_arguments(
+        commands.add_parser("bench", help="time lrsearch's trial loop against the classic loop")
+    )
+    return parser
+
+
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--study",
         type=Path,
         default=DEFAULT_STUDY,
         metavar="FILE",
         help=f"study file (TOML); default {DEFAULT_STUDY}",
     )
-    run.add_argument("--n-trials", type=int, help="trials to add in this run")
-    run.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long"
-    )
-    run.add_argument(
+    parser.add_argument(
         "--storage",
         metavar="URL",
         help="Optuna storage URL; default sqlite:///.lrsearch/<study-name>.db",
     )
-    run.add_argument("--study-name", help="study name in the storage; default from the study file")
-    run.add_argument("--seed", type=int, help="sampler seed; trial k trains with seed + k")
-    run.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    run.add_argument("--epochs", type=int, help="epochs per trial")
-    run.add_argument("--task", help="fashion-mnist, mnist, cifar10, or your own module:function")
-    run.add_argument("--model", help="model name offered by the task")
-    run.add_argument("--data-dir", type=Path, help="where the data set is, or is downloaded to")
-    return parser
+    parser.add_argument(
+        "--study-name", help="study name in the storage; default from the study file"
+    )
+    parser.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--task", help="fashion-mnist, mnist, cifar10, or your own module:function")
+    parser.add_argument("--model", help="model name offered by the task")
+    parser.add_argument("--data-dir", type=Path, help="where the data set is, or is downloaded to")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return _run(args)
+        if args.command == "confirm":
+            return _confirm(args)
+        if args.command in ("export", "plot", "best"):
+            return _results(args)
+        if args.command == "bench":
+            from lrsearch import bench
+
+            return bench.main(args, " ".join(["python -m lrsearch", *(argv or sys.argv[1:])]))
         raise AssertionError(f"unhandled command {args.command}")  # argparse only allows known ones
     except LrsearchError as error:
         print(f"lrsearch: error: {error}", file=sys.stderr)
@@ -77,25 +154,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
+    """The study file with the shared options on top (``None``: not given)."""
     from lrsearch.config import load_study_file
-    from lrsearch.study import run_study
 
     # A user's task module given as module:function is imported from the working directory.
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    config = load_study_file(args.study).with_overrides(
-        study={
-            "name": args.study_name,
-            "n_trials": args.n_trials,
-            "timeout": args.timeout,
-            "storage": args.storage,
-            "seed": args.seed,
-            "device": args.device,
-        },
+    return load_study_file(args.study).with_overrides(
+        study={"name": args.study_name, "storage": args.storage, "device": args.device, **study},
         task={"name": args.task, "model": args.model, "data_dir": args.data_dir},
-        training={"epochs": args.epochs},
     )
-    report = run_study(config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lrsearch.study import run_study
+
+    config = _study_config(
+        args, n_trials=args.n_trials, timeout=args.timeout, seed=args.seed, baselines=args.baselines
+    ).with_overrides(training={"epochs": args.epochs})
+    report = run_study(config, artifact_dir=args.artifact_dir)
     print("\n".join(report.lines()))
+    return 0
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from lrsearch.confirm import confirm
+
+    report = confirm(
+        _study_config(args), top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr
+    )
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from lrsearch.confirm import save_best_confirmed
+    from lrsearch.export import export_study, save_best
+    from lrsearch.plots import plot_study
+
+    if args.command == "export":
+        written = export_study(args.storage, args.study_name, args.out)
+    elif args.command == "plot":
+        if args.top < 1:
+            raise LrsearchError(f"--top {args.top} is not allowed; it must be >= 1")
+        written = plot_study(args.storage, args.study_name, args.out, top=args.top)
+    elif args.confirmed:
+        winner, epochs = save_best_confirmed(args.storage, args.study_name, args.out)
+        print(f"confirmed winner: {winner.label} at {epochs} epochs")
+        written = [args.out]
+    else:
+        trial = save_best(args.storage, args.study_name, args.out)
+        print(f"best trial {trial.number} (val_accuracy {trial.value:.4f})")
+        written = [args.out]
+    print("\n".join(map(str, written)))
     return 0

@@ -53,6 +53,7 @@ class StudyConfig:
     sampler: SamplerName = "tpe"
     pruner: PrunerName = "none"
     device: str = "auto"
+    baselines: bool = False  # queue the reference articles' schedules as the first trials
     task: TaskConfig = field(default_factory=TaskConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     space: SearchSpace = field(default_factory=lambda: space_from_table({}))

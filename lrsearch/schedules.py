@@ -16,6 +16,7 @@ steps; the family then runs on ``t' = t - W·T`` out of ``T' = T - W·T``, with
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -95,7 +96,7 @@ def _ceil(x: Array) -> Array:
     return np.ceil(_snap(x))
 
 
-def _cos_anneal(high: Any, low: Any, frac: Array) -> Array:
+def _cos_anneal(high: float | Array, low: float | Array, frac: Array) -> Array:
     """Half a cosine from ``high`` at ``frac=0`` to ``low`` at ``frac=1``."""
     return low + (high - low) * (1.0 + np.cos(np.pi * frac)) / 2.0
 
@@ -122,9 +123,12 @@ class Schedule:
 
     ``lr`` is the peak. Every family accepts a warmup over the first
     ``warmup`` fraction of the run: ``linear`` ramps from ``warmup_start``
-    (default: the family's ``min_lr`` where it has one, else 0) to ``lr``;
-    ``burnin`` is darknet's ``lr · (t / (W·T)) ** burnin_power``. Both reach
-    ``lr`` exactly at ``t = W·T``, where the family takes over.
+    (default: the family's ``min_lr`` where it has one, else 0); ``burnin``
+    is darknet's ``(t / (W·T)) ** burnin_power``. Both end, at ``t = W·T``,
+    on the value the family starts from, so there is no jump: that is
+    ``lr`` for every family but those that start low by design (``cyclic``
+    at ``min_lr``, ``one_cycle`` at ``lr/div_factor``, ``piecewise`` at
+    ``lr·values[0]``, ``cosine_restarts`` with ``cycle_warmup`` at ``min_lr``).
     """
 
     family: ClassVar[str] = ""
@@ -191,13 +195,14 @@ class Schedule:
         values = self._decay(clock)
         if warm > 0:
             ramp = steps / warm
+            target = float(self._decay(clock._replace(steps=np.zeros(1)))[0])
             if self.warmup_mode == "burnin":
-                warming = self.lr * ramp**self.burnin_power
+                warming = target * ramp**self.burnin_power
             else:
                 start = (
                     self.default_warmup_start if self.warmup_start is None else self.warmup_start
                 )
-                warming = start + (self.lr - start) * ramp
+                warming = start + (target - start) * ramp
             values = np.where(steps < warm, warming, values)
         values = np.broadcast_to(values, steps.shape).astype(np.float64)
         return float(values) if values.ndim == 0 else values
@@ -207,7 +212,7 @@ class Schedule:
         return self(t, total_steps) / self.lr
 
     def curve(self, total_steps: int) -> Array:
-        """Every step's LR of a ``total_steps`` run, for plots and for replaying at another length."""
+        """Every step's LR of a ``total_steps`` run, for plots and for replays at another length."""
         return np.asarray(self(np.arange(_check_total_steps(total_steps)), total_steps))
 
     @property
@@ -252,9 +257,12 @@ class Schedule:
             raise ScheduleError(
                 f"not an lrsearch schedule: format={data.get('format')!r}, expected {FORMAT!r}"
             )
-        if data.get("version") != FORMAT_VERSION:
+        version = data.get("version")
+        # ``true == 1`` in Python: only the integer itself is version 1.
+        if type(version) is not int or version != FORMAT_VERSION:
             raise ScheduleError(
-                f"unsupported schedule version={data.get('version')!r}; this lrsearch reads version {FORMAT_VERSION}"
+                f"unsupported schedule version={version!r}; "
+                f"this lrsearch reads version {FORMAT_VERSION}"
             )
         params = data.get("params")
         if not isinstance(params, Mapping):
@@ -424,7 +432,7 @@ class Step(Schedule):
         self._require(
             "milestones",
             _increasing_in_unit(self.milestones),
-            "strictly increasing fractions in (0, 1)",
+            "strictly increasing fractions in (0, 1]",
         )
         self._require("gamma", 0.0 < self.gamma <= 1.0, "in (0, 1]")
 
@@ -436,10 +444,11 @@ class Step(Schedule):
 
 @dataclass(frozen=True, kw_only=True)
 class Piecewise(Schedule):
-    """``lr · values[i]`` on ``[b_i, b_{i+1})``: Keras's PiecewiseConstantDecay as factors of the peak.
+    """``lr · values[i]`` on ``[b_i, b_{i+1})``: Keras's PiecewiseConstantDecay in factors of lr.
 
     Keras keeps ``values[i]`` up to and *including* step ``b_i``; here the new
-    value starts *at* ``b_i`` (SCHEDULES.md). ``make`` constructors shift by one.
+    value starts *at* ``b_i`` (SCHEDULES.md), so Keras's boundary ``b`` (in
+    steps) is the fraction ``(b + 1) / T``.
     """
 
     family: ClassVar[str] = "piecewise"
@@ -450,7 +459,7 @@ class Piecewise(Schedule):
         self._require(
             "boundaries",
             _increasing_in_unit(self.boundaries),
-            "strictly increasing fractions in (0, 1)",
+            "strictly increasing fractions in (0, 1]",
         )
         self._require(
             "values",
@@ -465,7 +474,10 @@ class Piecewise(Schedule):
 
 @dataclass(frozen=True, kw_only=True)
 class Exponential(Schedule):
-    """``max(min_lr, lr · decay_rate ** (t'/D))``, ``D = decay_steps · T'``; ``staircase`` floors ``t'/D``."""
+    """``max(min_lr, lr · decay_rate ** (t'/D))`` with ``D = decay_steps · T'``.
+
+    ``staircase`` floors ``t'/D``.
+    """
 
     family: ClassVar[str] = "exponential"
     decay_rate: float
@@ -557,7 +569,7 @@ class Polynomial(Schedule):
 
 @dataclass(frozen=True, kw_only=True)
 class Cosine(Schedule):
-    """Half a cosine from ``lr`` to ``min_lr`` over ``decay_period`` (fraction of ``T'``), then ``min_lr``.
+    """Half a cosine from ``lr`` to ``min_lr`` over ``decay_period`` (of ``T'``), then ``min_lr``.
 
     Article 000's code rises again after the period; holding ``min_lr`` is the fix.
     """
@@ -578,16 +590,16 @@ class Cosine(Schedule):
 
 @dataclass(frozen=True, kw_only=True)
 class CosineRestarts(Schedule):
-    """SGDR: cosine cycles of length ``first_cycle · multiplier**k`` (``first_cycle`` a fraction of ``T'``).
+    """SGDR: cosine cycles ``first_cycle · multiplier**k`` long (``first_cycle`` of ``T'``).
 
-    Cycle ``k`` peaks at ``lr · peak_decay**k``, optionally ramping up from
+    Cycle ``k`` peaks at ``max(min_lr, lr · peak_decay**k)``, optionally ramping up from
     ``min_lr`` over its first ``cycle_warmup`` fraction (article 000's
     multi-cycle schedule; its ``multi=0.25`` is ``multiplier=1.25``). The cycle
     index is the closed form of the geometric series, corrected at exact cycle
     ends where the float logarithm lands one cycle short. Keras's
     CosineDecayRestarts is this with ``min_lr = alpha · lr`` when
     ``m_mul = 1`` or ``alpha = 0``; otherwise Keras scales ``alpha`` into the
-    peak, and here the peak is exactly ``lr · peak_decay**k``.
+    peak, and here it does not.
     """
 
     family: ClassVar[str] = "cosine_restarts"
@@ -623,7 +635,8 @@ class CosineRestarts(Schedule):
         k = np.where(self._cycle_start(first, k + 1) <= clock.steps, k + 1, k)
         k = np.where(self._cycle_start(first, k) > clock.steps, k - 1, k)
         frac = (clock.steps - self._cycle_start(first, k)) / (first * self.multiplier**k)
-        peak = self.lr * self.peak_decay**k
+        # Decayed peaks stop at the floor: below it a cycle would rise towards min_lr.
+        peak = np.maximum(self.min_lr, self.lr * self.peak_decay**k)
         if self.cycle_warmup == 0:
             return _cos_anneal(peak, self.min_lr, frac)
         ramp = self.min_lr + (peak - self.min_lr) * frac / self.cycle_warmup
@@ -657,7 +670,7 @@ class Cyclic(Schedule):
         half = float(_snap(self.step_size * clock.run_total))
         position = clock.steps / (2 * half)
         cycle = _floor(1.0 + position)
-        x = 1.0 + position - cycle
+        x = np.maximum(1.0 + position - cycle, 0.0)  # snapped ``cycle`` may overshoot by a hair
         height = np.where(x <= 0.5, 2 * x, 2 * (1 - x))
         if self.mode == "triangular2":
             height = height / 2.0 ** (cycle - 1)
@@ -668,7 +681,7 @@ class Cyclic(Schedule):
 
 @dataclass(frozen=True, kw_only=True)
 class OneCycle(Schedule):
-    """Smith's one-cycle: ``lr/div_factor`` up to ``lr`` over ``pct_start``, then down to ``lr/(div·final_div)``.
+    """Smith's one-cycle: ``lr/div_factor`` up to ``lr`` over ``pct_start``, then down to the floor.
 
     Both phases use the ``anneal`` shape, as PyTorch's OneCycleLR does. Step
     counting differs from PyTorch: OneCycleLR ends its phases at steps
@@ -734,7 +747,13 @@ class Wsd(Schedule):
 
 
 def _increasing_in_unit(points: tuple[float, ...]) -> bool:
-    return len(points) > 0 and all(a < b for a, b in zip((0.0, *points), (*points, 1.0)))
+    """Strictly increasing in (0, 1]: a last point at 1.0 is the run's end (it acts on replays
+    past ``T``, and article 004's ``milestones=[15, 30]`` on 30 epochs has one)."""
+    return (
+        len(points) > 0
+        and points[-1] <= 1.0
+        and all(a < b for a, b in itertools.pairwise((0.0, *points)))
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -829,7 +848,7 @@ def cyclic_lr(
     *,
     total_steps: int,
 ) -> Cyclic:
-    """Article 002's cyclical LR (Smith): ``base_lr`` to ``max_lr`` and back every ``2·step_size`` steps."""
+    """Article 002's cyclical LR (Smith): ``base_lr`` to ``max_lr`` and back, in steps."""
     total = _check_total_steps(total_steps)
     return Cyclic(lr=max_lr, min_lr=base_lr, step_size=step_size / total, mode=mode, gamma=gamma)
 
@@ -848,7 +867,7 @@ def cosine_scheduler(
     *,
     total_steps: int | None = None,
 ) -> Cosine:
-    """Article 004's ``CosineScheduler(max_update, base_lr, final_lr, warmup_steps, warmup_begin_lr)``.
+    """Article 004's ``CosineScheduler``, with its signature and defaults.
 
     Linear warmup from ``warmup_begin_lr``, cosine to ``final_lr`` at
     ``max_update``, then ``final_lr``. ``total_steps`` defaults to ``max_update``.

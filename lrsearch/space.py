@@ -31,6 +31,7 @@ __all__ = [
     "FloatRange",
     "SearchSpace",
     "default_space",
+    "params_for",
     "space_from_table",
     "suggest_schedule",
 ]
@@ -71,7 +72,7 @@ _SHARED: dict[str, Dimension] = {
 _MIN_LR: dict[str, Dimension] = {"min_lr_ratio": FloatRange(0.0, 0.1)}
 _TWO_EDGES: dict[str, Dimension] = {
     "first_edge": FloatRange(0.2, 0.7),
-    "second_edge": FloatRange(0.2, 0.9),  # share of what is left after the first
+    "second_edge": FloatRange(0.2, 1.0),  # share of what is left after the first; 1: the end
 }
 _DEFAULTS: dict[str, dict[str, Dimension]] = {
     "constant": {},
@@ -83,7 +84,7 @@ _DEFAULTS: dict[str, dict[str, Dimension]] = {
     },
     "exponential": {
         **_MIN_LR,
-        "decay_rate": FloatRange(0.1, 0.9),
+        "decay_rate": FloatRange(0.1, 0.99),
         "decay_steps": FloatRange(0.05, 0.5, log=True),
         "staircase": Categorical((False, True)),
     },
@@ -104,7 +105,7 @@ _DEFAULTS: dict[str, dict[str, Dimension]] = {
         "cycle_warmup": FloatRange(0.0, 0.3),
     },
     "cyclic": {
-        **_MIN_LR,
+        "min_lr_ratio": FloatRange(0.0, 0.5),  # the cycle's base: Smith uses a third to a quarter
         "step_size": FloatRange(0.02, 0.25, log=True),
         "mode": Categorical(("triangular", "triangular2")),
     },
@@ -318,6 +319,85 @@ def _schedule_params(family: str, sampled: Mapping[str, Any]) -> dict[str, Any]:
         first_drop, second_drop = params.pop("first_drop"), params.pop("second_drop")
         params["values"] = (1.0, first_drop, first_drop * second_drop)
     return params
+
+
+def params_for(schedule: Schedule, space: SearchSpace) -> dict[str, Any]:
+    """The trial parameters that make ``suggest_schedule`` return ``schedule`` in ``space``.
+
+    For ``study.enqueue_trial``: a hand-picked schedule enters the study as an
+    ordinary trial the sampler learns from. Refused when the space cannot
+    produce the schedule (family not searched, a value outside its range or
+    different from a fixed value, a parameter the space does not vary).
+    """
+    family = schedule.family
+    if family not in space.families:
+        raise LrsearchError(f"family {family!r} is not in space.families {list(space.families)}")
+    settings = space.settings.get(family) or {**_SHARED, **_DEFAULTS[family]}
+    values = {**schedule.params(), **_stand_in_values(schedule)}
+    params: dict[str, Any] = {"family": family}
+    for name, setting in settings.items():
+        value = values[name]
+        if isinstance(setting, FloatRange) and setting.low < setting.high:
+            if not setting.low <= value <= setting.high:
+                raise LrsearchError(
+                    f"{family}.{name}={value:.4g} is outside the space's "
+                    f"[{setting.low}, {setting.high}]"
+                )
+            params[f"{family}.{name}"] = value
+        elif isinstance(setting, Categorical):
+            if value not in setting.choices:
+                raise LrsearchError(
+                    f"{family}.{name}={value!r} is not among {list(setting.choices)}"
+                )
+            params[f"{family}.{name}"] = value
+    produced = make_schedule(
+        family,
+        _schedule_params(
+            family,
+            {
+                name: params.get(
+                    f"{family}.{name}", setting.low if isinstance(setting, FloatRange) else setting
+                )
+                for name, setting in settings.items()
+            },
+        ),
+    )
+    if not _same(produced.params(), schedule.params()):
+        differing = sorted(
+            k for k, v in schedule.params().items() if not _same(v, produced.params()[k])
+        )
+        raise LrsearchError(
+            f"the space cannot produce this {family} schedule: {', '.join(differing)} differ"
+        )
+    return params
+
+
+def _stand_in_values(schedule: Schedule) -> dict[str, Any]:
+    """The sampled stand-ins that ``_schedule_params`` maps back to this schedule."""
+    params = schedule.params()
+    values: dict[str, Any] = {}
+    if "min_lr" in params:
+        values["min_lr_ratio"] = params["min_lr"] / params["lr"]
+    edges = params.get("milestones") or params.get("boundaries")
+    if edges is not None and len(edges) == 2:
+        values["first_edge"] = edges[0]
+        values["second_edge"] = (edges[1] - edges[0]) / (1.0 - edges[0])
+    drops = params.get("values")
+    if drops is not None and len(drops) == 3 and drops[0] == 1.0:
+        values["first_drop"] = drops[1]
+        values["second_drop"] = drops[2] / drops[1]
+    return values
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, up to the rounding of a ratio taken and multiplied back."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+    return bool(a == b)
 
 
 def _schedule_field_names(family: str) -> set[str]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import re
 import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,6 +21,7 @@ import optuna
 import sqlalchemy.exc
 from tqdm import tqdm
 
+from lrsearch.baselines import BASELINE_ATTR, enqueue_baselines
 from lrsearch.config import StudyConfig, default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
@@ -30,11 +32,13 @@ from lrsearch.training import resolve_device, steps_per_epoch, train
 __all__ = [
     "METRIC_NAME",
     "StudyReport",
+    "default_artifact_dir",
     "make_pruner",
     "make_sampler",
     "open_study",
     "redact",
     "run_study",
+    "storage_error",
 ]
 
 METRIC_NAME = "val_accuracy"
@@ -45,7 +49,20 @@ class StudyReport:
     study_name: str
     storage: str  # password redacted
     trials_run: int
-    best: optuna.trial.FrozenTrial | None
+    trials: list[optuna.trial.FrozenTrial]  # all of the study's, this run's and earlier
+    artifact_dir: Path
+
+    @property
+    def best(self) -> optuna.trial.FrozenTrial | None:
+        return _best(self.trials)
+
+    @property
+    def best_searched(self) -> optuna.trial.FrozenTrial | None:
+        return _best(t for t in self.trials if BASELINE_ATTR not in t.user_attrs)
+
+    @property
+    def best_baseline(self) -> optuna.trial.FrozenTrial | None:
+        return _best(t for t in self.trials if BASELINE_ATTR in t.user_attrs)
 
     def lines(self) -> list[str]:
         """The end-of-run summary, one fact per line."""
@@ -64,7 +81,10 @@ class StudyReport:
                 ("val accuracy", f"{attrs['val_accuracy']:.4f}"),
                 ("test accuracy", f"{attrs['test_accuracy']:.4f}"),
             ]
-        rows.append(("dashboard", dashboard_command(self.storage)))
+        searched, baseline = self.best_searched, self.best_baseline
+        if searched is not None and baseline is not None:
+            rows.append(("searched vs baseline", _versus(searched, baseline)))
+        rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)
         return [f"{key:<{width}}  {value}" for key, value in rows]
 
@@ -74,8 +94,27 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def dashboard_command(storage: str) -> str:
-    return f"optuna-dashboard {storage}"
+# What a bad URL, an unreachable server or a file that is no database raises, whatever the driver.
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError)
+
+
+def storage_error(storage: str, error: Exception) -> LrsearchError:
+    """One line: the storage (password hidden) and the first line of the driver's complaint."""
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    return LrsearchError(f"cannot open storage {redact(storage)}: {redact(first_line)}")
+
+
+def dashboard_command(storage: str, artifact_dir: Path) -> str:
+    return f"optuna-dashboard {storage} --artifact-dir {artifact_dir}"
+
+
+def default_artifact_dir(storage: str, study_name: str) -> Path:
+    """Beside the SQLite file (``.lrsearch/<study>-artifacts``), else under ``.lrsearch/``."""
+    if storage.startswith("sqlite:///"):
+        database = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
+        return database.parent / f"{study_name}-artifacts"
+    return Path(".lrsearch") / f"{study_name}-artifacts"
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -119,13 +158,8 @@ def open_study(config: StudyConfig, storage: str) -> optuna.Study:
             direction="maximize",
             load_if_exists=True,
         )
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        raise LrsearchError(
-            f"cannot open storage {redact(storage)}: {redact(first_line)}"
-        ) from None
+    except STORAGE_ERRORS as error:
+        raise storage_error(storage, error) from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise LrsearchError(
             f"study {config.name!r} in {redact(storage)} exists and does not maximize"
@@ -134,42 +168,67 @@ def open_study(config: StudyConfig, storage: str) -> optuna.Study:
     return study
 
 
-def run_study(config: StudyConfig, *, out: TextIO = sys.stderr) -> StudyReport:
-    """Load the task, open the storage, run ``config.n_trials`` trials, summarise."""
-    device = resolve_device(config.device)
+def load_study_task(config: StudyConfig) -> Task:
+    """The study's task on its device, loaded once per process; a bad batch size fails here."""
     task = load_task(
         config.task.name,
         model=config.task.model,
         data_dir=config.task.data_dir,
         val_size=config.task.val_size,
         split_seed=config.task.split_seed,
-        device=device,
+        device=resolve_device(config.device),
         download=config.task.download,
     )
-    steps_per_epoch(task, config.training)  # a batch larger than the data fails here, not per trial
+    steps_per_epoch(task, config.training)
+    return task
+
+
+def run_study(
+    config: StudyConfig, *, out: TextIO | None = None, artifact_dir: Path | None = None
+) -> StudyReport:
+    """Load the task, open the storage, run ``config.n_trials`` trials, summarise."""
+    out = out or sys.stderr
+    task = load_study_task(config)
     storage = config.storage or default_storage(config.name)
-    print(f"study {config.name!r} in {redact(storage)}", file=out)
-    print(f"watch it live: {dashboard_command(redact(storage))}", file=out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, storage)
+    artifact_dir = artifact_dir or default_artifact_dir(storage, config.name)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = optuna.artifacts.FileSystemArtifactStore(artifact_dir)
+    print(f"study {config.name!r} in {redact(storage)}", file=out)
+    print(f"watch it live: {dashboard_command(redact(storage), artifact_dir)}", file=out)
     before = len(study.trials)
-    with tqdm(
-        total=config.n_trials, desc="trials", unit="trial", file=out, dynamic_ncols=True
-    ) as bar:
+    queued = enqueue_baselines(study, config.space, out) if config.baselines else []
+    if queued:
+        print(f"baselines first: {', '.join(queued)}", file=out)
+    n_trials = config.n_trials + len(queued)  # baselines come on top of the searched trials
+    with tqdm(total=n_trials, desc="trials", unit="trial", file=out, dynamic_ncols=True) as bar:
         study.optimize(
-            make_objective(config, task, progress=bar.set_postfix_str),
-            n_trials=config.n_trials,
+            make_objective(config, task, progress=bar.set_postfix_str, artifacts=artifacts),
+            n_trials=n_trials,
             timeout=config.timeout,
             callbacks=[lambda _study, _trial: bar.update()],
         )
-    best = _best_trial(study)
-    return StudyReport(config.name, redact(storage), len(study.trials) - before, best)
+    return StudyReport(
+        config.name,
+        redact(storage),
+        len(study.trials) - before,
+        study.get_trials(deepcopy=False),
+        artifact_dir,
+    )
 
 
 def make_objective(
-    config: StudyConfig, task: Task, *, progress: Callable[[str], Any] | None = None
+    config: StudyConfig,
+    task: Task,
+    *,
+    progress: Callable[[str], Any] | None = None,
+    artifacts: optuna.artifacts.FileSystemArtifactStore | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective: sample a schedule, train with it, record everything on the trial."""
+    """The Optuna objective: sample a schedule, train with it, record everything on the trial.
+
+    With ``artifacts`` each trial also carries a PNG of its LR curve, attached before training
+    so optuna-dashboard shows it while the trial runs and after it fails or is pruned."""
     training = config.training
 
     def objective(trial: optuna.Trial) -> float:
@@ -191,6 +250,8 @@ def make_objective(
             "split_seed": config.task.split_seed,
         }.items():
             trial.set_user_attr(key, value)
+        if artifacts is not None:
+            _attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
 
         def report(epoch: int, val_accuracy: float) -> None:
             trial.report(val_accuracy, epoch)
@@ -221,8 +282,35 @@ def make_objective(
     return objective
 
 
-def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # no completed trial
-        return None
+def _attach_lr_curve(
+    trial: optuna.Trial,
+    schedule: Schedule,
+    steps: int,
+    artifacts: optuna.artifacts.FileSystemArtifactStore,
+) -> None:
+    from lrsearch.plots import save_lr_curve  # imports this module; and matplotlib is heavy
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"lr_curve_trial_{trial.number}.png"
+        save_lr_curve(schedule, steps, path)
+        optuna.artifacts.upload_artifact(
+            artifact_store=artifacts,
+            file_path=str(path),
+            study_or_trial=trial,
+            mimetype="image/png",
+        )
+
+
+def _best(trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return max(complete, key=lambda t: float(t.value or 0.0), default=None)
+
+
+def _versus(searched: optuna.trial.FrozenTrial, baseline: optuna.trial.FrozenTrial) -> str:
+    """How far the best searched schedule is ahead of the best baseline, in accuracy points."""
+    val = 100 * (searched.user_attrs["val_accuracy"] - baseline.user_attrs["val_accuracy"])
+    test = 100 * (searched.user_attrs["test_accuracy"] - baseline.user_attrs["test_accuracy"])
+    return (
+        f"best searched vs best baseline ({baseline.user_attrs[BASELINE_ATTR]}): "
+        f"{val:+.2f} points val accuracy (test: {test:+.2f})"
+    )

@@ -1,58 +1,23 @@
 """Tiny data sets written in the on-disk formats torchvision reads.
 
 Tests load them through the real torchvision classes, so the builtin loading code is exercised
-without internet. Each class gets its own fixed pattern plus noise, so a short training run
-can beat chance.
+without internet. The IDX writer lives in the package (the benchmark uses it too); CIFAR-10's
+format is only needed here.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torchvision
 
-NUM_CLASSES = 10
+from lrsearch.idx import NUM_CLASSES, learnable_splits, write_mnist_like
 
-
-def _learnable_splits(
-    shape: tuple[int, ...], n_train: int, n_test: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) for train and test, drawn from the same class prototypes."""
-    rng = np.random.default_rng(seed)
-    prototypes = rng.uniform(0, 255, size=(NUM_CLASSES, *shape))
-    splits = []
-    for n in (n_train, n_test):
-        labels = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.uint8)
-        noisy = prototypes[labels] + rng.normal(0, 40, size=(n, *shape))
-        splits.append((noisy.clip(0, 255).astype(np.uint8), labels))
-    return splits
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    # Magic: two zero bytes, 0x08 for unsigned bytes, then the number of dimensions.
-    header = struct.pack(f">{1 + array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    path.write_bytes(header + array.tobytes())
-
-
-def write_mnist_like(
-    root: Path, dataset: str = "FashionMNIST", n_train: int = 200, n_test: int = 100, seed: int = 0
-) -> None:
-    """Write the four uncompressed IDX files torchvision's MNIST-style classes check for.
-
-    torchvision downloads .gz files but only looks for the extracted ones, in
-    ``root/<class name>/raw/``; with those present it skips the download.
-    """
-    raw = root / dataset / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    splits = _learnable_splits((28, 28), n_train, n_test, seed)
-    for prefix, (images, labels) in zip(("train", "t10k"), splits, strict=True):
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+__all__ = ["accept_cifar10_files", "write_cifar10_like", "write_mnist_like"]
 
 
 def write_cifar10_like(root: Path, n_train: int = 100, n_test: int = 50, seed: int = 0) -> None:
@@ -63,7 +28,7 @@ def write_cifar10_like(root: Path, n_train: int = 100, n_test: int = 50, seed: i
     """
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    (train_images, train_labels), (test_images, test_labels) = _learnable_splits(
+    (train_images, train_labels), (test_images, test_labels) = learnable_splits(
         (3, 32, 32), n_train, n_test, seed
     )
     train_parts = zip(np.array_split(train_images, 5), np.array_split(train_labels, 5), strict=True)

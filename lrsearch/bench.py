@@ -1,0 +1,316 @@
+"""``python -m lrsearch bench``: the classic training loop against lrsearch's, in one table.
+
+Both train the same LeNet on the same synthetic Fashion-MNIST, written in the real IDX format
+and read through torchvision, with the same batch size and epochs, in one process, alternating
+run by run so that a busy machine slows both alike. The classic loop is reference article
+004's, as written: a torchvision data set with ``ToTensor`` and ``Normalize``, a shuffling
+``DataLoader``, an epoch-stepped ``MultiStepLR`` and ``loss.item()`` every batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import itertools
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from lrsearch.config import StudyConfig, TaskConfig
+from lrsearch.errors import LrsearchError
+from lrsearch.idx import write_mnist_like
+from lrsearch.schedules import Constant
+from lrsearch.tasks import Task, lenet, load_task
+from lrsearch.training import TrainConfig, resolve_device, train
+
+__all__ = ["BenchConfig", "add_arguments", "main", "run"]
+
+TASK = "fashion-mnist"
+DEFAULT_EPOCHS = 15  # studies/fashion_mnist.toml
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    repeats: int = 1  # runs of each loop; the table shows the median epoch over all of them
+    images: int = 60_000  # training images, as in Fashion-MNIST
+    trials: int = 3  # 1-epoch trials of the study that measures Optuna's overhead
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and value < 1:
+                raise LrsearchError(f"bench --{field.name.replace('_', '-')} must be >= 1")
+
+    @property
+    def val_size(self) -> int:
+        """The study's validation split, in Fashion-MNIST's proportion (10,000 of 60,000)."""
+        return max(self.images // 6, 1)
+
+
+@dataclass(frozen=True)
+class Row:
+    loop: str
+    epoch_seconds: float  # median
+    images: int  # trained per epoch
+    peak_rss_mib: float  # the process's high-water mark once this loop has run
+    peak_device_mib: float | None  # CUDA only
+
+
+def classic_epochs(root: Path, config: BenchConfig, device: torch.device) -> list[float]:
+    """Article 004's loop, timed per epoch: train, then evaluate the test set, as it does."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    dataset = torchvision.datasets.FashionMNIST(
+        root, train=True, download=False, transform=transform
+    )
+    test_set = torchvision.datasets.FashionMNIST(
+        root, train=False, download=False, transform=transform
+    )
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=config.batch_size, shuffle=False)
+    model = lenet().to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[15, 30], gamma=0.5)
+    seconds = []
+    for _epoch in range(config.epochs):
+        started = time.perf_counter()
+        model.train()
+        total_loss = 0.0
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+        _classic_evaluate(model, test_loader, device)
+        scheduler.step()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _classic_evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> float:
+    """Article 004's ``evaluate``: summed loss and correct count, one ``.item()`` per batch."""
+    model.eval()
+    test_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            outputs = model(images)
+            test_loss += nn.CrossEntropyLoss(reduction="sum")(outputs, labels).item()
+            correct += int((outputs.argmax(dim=1) == labels).sum().item())
+    model.train()
+    return correct / len(loader.dataset)  # type: ignore[arg-type]
+
+
+def bench_task(root: Path, config: BenchConfig, device: torch.device) -> Task:
+    """The study's task, from the cache ``run_study`` reads, so its timing skips loading."""
+    return load_task(
+        TASK,
+        model=None,
+        data_dir=root,
+        val_size=config.val_size,
+        split_seed=0,
+        device=device,
+        download=False,
+    )
+
+
+def lrsearch_epochs(task: Task, config: BenchConfig, *, bf16: bool) -> list[float]:
+    """A real trial, timed per epoch; its epoch also evaluates the validation split."""
+    stamps = [time.perf_counter()]
+    train(
+        task,
+        Constant(lr=0.3),
+        TrainConfig(epochs=config.epochs, batch_size=config.batch_size, bf16=bf16),
+        seed=0,
+        report=lambda _epoch, _accuracy: stamps.append(time.perf_counter()),
+    )
+    return [end - start for start, end in itertools.pairwise(stamps)]
+
+
+def optuna_overhead(root: Path, config: BenchConfig) -> tuple[float, float]:
+    """Seconds per trial spent outside training in a default study, and their share of it.
+
+    The study is the default one (TPE, a SQLite file, everything ``lrsearch run`` records) with
+    1-epoch trials; each trial stores its own training time, so from the first trial's start
+    to the last one's end the rest is sampler, storage and bookkeeping. Opening the storage is
+    once per run and is left out; imports done on the first trial are not.
+    """
+    from lrsearch.study import run_study  # Optuna's storage stack is only needed here
+
+    storage = f"sqlite:///{root / 'bench.db'}"
+    study = StudyConfig(
+        name="bench",
+        n_trials=config.trials,
+        storage=storage,
+        device=config.device,
+        task=TaskConfig(name=TASK, data_dir=root, download=False, val_size=config.val_size),
+        training=TrainConfig(epochs=1, batch_size=config.batch_size),
+    )
+    run_study(study, out=io.StringIO(), artifact_dir=root / "artifacts")
+    trials = optuna.load_study(study_name="bench", storage=storage).trials
+    start, end = trials[0].datetime_start, trials[-1].datetime_complete
+    assert start is not None and end is not None  # every trial has finished
+    span = (end - start).total_seconds()
+    trained: float = sum(trial.user_attrs["train_seconds"] for trial in trials)
+    return (span - trained) / len(trials), (span - trained) / span
+
+
+def _peak_rss_mib() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _dataset_bytes(task: Task) -> tuple[int, int]:
+    """(bytes the task keeps on its device, bytes of its images as uint8): the memory target
+    is at most twice the latter, which per-batch normalization keeps near 1x."""
+    tensors = [getattr(task, f.name) for f in dataclasses.fields(task)]
+    held = sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
+    images = (task.train_images, task.val_images, task.test_images)
+    return held, sum(t.numel() for t in images)
+
+
+def run(config: BenchConfig, command: str) -> str:
+    """Run every measurement and return the report: the machine, then one table."""
+    device = resolve_device(config.device)
+    with tempfile.TemporaryDirectory(prefix="lrsearch-bench-") as tmp:
+        root = Path(tmp)
+        # The test set is as large as the carved validation split: both loops evaluate
+        # the same number of held-out images every epoch.
+        write_mnist_like(root, n_train=config.images, n_test=config.val_size)
+        task = bench_task(root, config, device)
+        # Train on all the images the classic loop sees; the carved validation split is
+        # still evaluated every epoch, so lrsearch's epoch does more work, not less.
+        full = dataclasses.replace(
+            task,
+            train_images=torch.cat([task.train_images, task.val_images]),
+            train_labels=torch.cat([task.train_labels, task.val_labels]),
+        )
+        per_epoch = config.images // config.batch_size * config.batch_size
+        loops: dict[str, tuple[int, Callable[[], list[float]]]] = {
+            "classic": (config.images, lambda: classic_epochs(root, config, device)),
+            # bf16 is the default on CUDA, opt-in on a CPU: both rows show what it changes.
+            "lrsearch fp32": (per_epoch, lambda: lrsearch_epochs(full, config, bf16=False)),
+            "lrsearch bf16": (per_epoch, lambda: lrsearch_epochs(full, config, bf16=True)),
+        }
+        seconds: dict[str, list[float]] = {loop: [] for loop in loops}
+        peak_device: dict[str, float | None] = {}
+        peak_rss: dict[str, float] = {}
+        for _ in range(config.repeats):
+            for loop, (_images, epochs) in loops.items():
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds[loop] += epochs()
+                if device.type == "cuda":
+                    peak_device[loop] = torch.cuda.max_memory_allocated(device) / 2**20
+                peak_rss[loop] = _peak_rss_mib()
+        overhead, share = optuna_overhead(root, config)
+        fp32_epoch = statistics.median(seconds["lrsearch fp32"])
+        held, uint8 = _dataset_bytes(task)
+    table = [
+        Row(loop, statistics.median(seconds[loop]), images, peak_rss[loop], peak_device.get(loop))
+        for loop, (images, _epochs) in loops.items()
+    ]
+    return "\n".join(
+        [
+            f"command   {command}",
+            f"machine   {_cpu_name()}, {_cores()} cores; device {_device_name(device)}",
+            f"torch     {torch.__version__}, {torch.get_num_threads()} threads",
+            f"workload  LeNet, {config.images} images, batch {config.batch_size}, "
+            f"{config.epochs} epochs x {config.repeats} repeats",
+            "",
+            *_format_table(table),
+            "",
+            f"Optuna + storage overhead: {overhead:.3f} s per trial, measured over "
+            f"{config.trials} 1-epoch trials of a default study = {share:.1%} of them; "
+            f"against a {DEFAULT_EPOCHS}-epoch trial of studies/fashion_mnist.toml at the "
+            f"measured fp32 epoch ({DEFAULT_EPOCHS} x {fp32_epoch:.2f} s): "
+            f"{overhead / (overhead + DEFAULT_EPOCHS * fp32_epoch):.2%}",
+            f"data set on the device: {held / 2**20:.1f} MiB = {held / uint8:.2f}x its uint8 "
+            "images",
+        ]
+    )
+
+
+def _format_table(rows: list[Row]) -> list[str]:
+    classic = rows[0].epoch_seconds
+    header = ("loop", "epoch s", "images/s", "speedup", "peak RSS MiB", "peak device MiB")
+    cells = [
+        (
+            row.loop,
+            f"{row.epoch_seconds:.2f}",
+            f"{row.images / row.epoch_seconds:,.0f}",
+            f"{classic / row.epoch_seconds:.2f}x",
+            f"{row.peak_rss_mib:,.0f}",
+            "-" if row.peak_device_mib is None else f"{row.peak_device_mib:,.0f}",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *cells)) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in (header, *cells)
+    ]
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchConfig()
+    for field in dataclasses.fields(BenchConfig):
+        value = getattr(defaults, field.name)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=type(value),
+            default=value,
+            help=f"default {value}",
+        )
+
+
+def main(args: argparse.Namespace, command: str) -> int:
+    config = BenchConfig(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(BenchConfig)}
+    )
+    print(run(config, command))
+    return 0

@@ -1,0 +1,212 @@
+"""Results out of a storage: tables for pandas, a summary, and the best schedule as a file.
+
+Reading must never change what it reads: a study is only ever loaded, a
+SQLite file that does not exist is refused instead of created, and every
+table is built from what the trials recorded on themselves (lrsearch.study).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from lrsearch.baselines import BASELINE_ATTR
+from lrsearch.config import default_storage
+from lrsearch.errors import LrsearchError
+from lrsearch.schedules import Schedule
+from lrsearch.study import METRIC_NAME, STORAGE_ERRORS, redact, storage_error
+
+__all__ = [
+    "export_study",
+    "intermediate_table",
+    "load_results",
+    "load_study",
+    "save_best",
+    "storage_url",
+    "summary",
+    "trials_table",
+]
+
+SCHEDULE_PREFIX = "schedule."
+_LEADING = ["number", "state", "value", "duration", "datetime_start", "datetime_complete"]
+_RESULTS = ["val_accuracy", "test_accuracy", "diverged"]
+
+
+def storage_url(storage: str | None, study_name: str) -> str:
+    """The URL given, or the one ``lrsearch run`` uses by default for this study."""
+    return storage or default_storage(study_name)
+
+
+def load_study(storage: str, study_name: str) -> optuna.Study:
+    """An existing study; nothing is created, and bad input is one line naming the fix."""
+    if storage.startswith("sqlite:///"):
+        path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
+        if not path.is_file():
+            raise LrsearchError(
+                f"no storage at {redact(storage)}: {str(path)!r} does not exist; "
+                "pass --storage with the URL the study was run with"
+            )
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        rdb = optuna.storages.get_storage(storage)
+        names = optuna.study.get_all_study_names(rdb)
+    except STORAGE_ERRORS as error:
+        raise storage_error(storage, error) from None
+    if study_name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise LrsearchError(f"no study {study_name!r} in {redact(storage)}; studies there: {known}")
+    return optuna.load_study(study_name=study_name, storage=rdb)
+
+
+def load_results(storage: str | None, study_name: str) -> pd.DataFrame:
+    """The trials table of a study (see ``trials_table``), for analysis in pandas.
+
+    ``storage=None`` reads the default storage of ``lrsearch run``."""
+    return trials_table(load_study(storage_url(storage, study_name), study_name))
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial, any state: Optuna's bookkeeping, the schedule, then every user attr.
+
+    Each schedule parameter is a ``schedule.<name>`` column (defaults included,
+    so fixed knobs show too); tuples and other non-scalars are JSON strings so
+    CSV and Parquet hold the same values.
+    """
+    rows = [_trial_row(trial) for trial in study.get_trials(deepcopy=False)]
+    table = pd.DataFrame(rows)
+    for column in [*_LEADING, "family", *_RESULTS]:
+        if column not in table:
+            table[column] = None  # a study whose trials have not recorded anything yet
+    schedule = [c for c in table.columns if c.startswith(SCHEDULE_PREFIX)]
+    first = [*_LEADING, "family", *schedule, *_RESULTS]
+    table = table[first + [c for c in table.columns if c not in first]]
+    for column in ("datetime_start", "datetime_complete"):
+        table[column] = pd.to_datetime(table[column])
+    return table
+
+
+def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    duration = trial.duration
+    row: dict[str, Any] = {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "duration": None if duration is None else duration.total_seconds(),
+        "datetime_start": trial.datetime_start,
+        "datetime_complete": trial.datetime_complete,
+    }
+    attrs = dict(trial.user_attrs)
+    schedule = attrs.get("schedule")
+    if isinstance(schedule, dict):
+        for name, value in schedule.get("params", {}).items():
+            row[SCHEDULE_PREFIX + name] = _scalar(value)
+    for name, value in attrs.items():
+        row[name] = json.dumps(value) if name == "schedule" else _scalar(value)
+    return row
+
+
+def _scalar(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+def intermediate_table(study: optuna.Study) -> pd.DataFrame:
+    """Validation accuracy after every epoch of every trial, one row each (long format)."""
+    rows = [
+        {"number": trial.number, "epoch": epoch, METRIC_NAME: value}
+        for trial in study.get_trials(deepcopy=False)
+        for epoch, value in sorted(trial.intermediate_values.items())
+    ]
+    return pd.DataFrame(rows, columns=["number", "epoch", METRIC_NAME])
+
+
+def summary(study: optuna.Study, storage: str) -> dict[str, Any]:
+    """What a reader wants first: the best schedule, and how many trials ended how."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    searched = max(
+        (t for t in complete if BASELINE_ATTR not in t.user_attrs), key=_value, default=None
+    )
+    baseline = max((t for t in complete if BASELINE_ATTR in t.user_attrs), key=_value, default=None)
+    return {
+        "study": study.study_name,
+        "storage": redact(storage),
+        "trials": len(trials),
+        "best": _brief(_best_complete(study)),
+        "best_searched": _brief(searched),
+        "best_baseline": _brief(baseline),
+        "searched_minus_baseline_points": None
+        if searched is None or baseline is None
+        else {
+            key: 100 * (searched.user_attrs[key] - baseline.user_attrs[key])
+            for key in ("val_accuracy", "test_accuracy")
+        },
+        "states": dict(Counter(trial.state.name for trial in trials)),
+        "families": dict(Counter(str(trial.user_attrs.get("family")) for trial in trials)),
+    }
+
+
+def export_study(storage: str | None, study_name: str, out: Path) -> list[Path]:
+    """``trials`` and ``intermediate`` as CSV and Parquet, plus ``summary.json``, into ``out``."""
+    url = storage_url(storage, study_name)
+    study = load_study(url, study_name)
+    tables = {"trials": trials_table(study), "intermediate": intermediate_table(study)}
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        written += [out / f"{name}.csv", out / f"{name}.parquet"]
+        table.to_csv(written[-2], index=False)
+        table.to_parquet(written[-1], index=False)
+    written.append(out / "summary.json")
+    written[-1].write_text(json.dumps(summary(study, url), indent=2) + "\n", encoding="utf-8")
+    return written
+
+
+def save_best(storage: str | None, study_name: str, path: Path) -> optuna.trial.FrozenTrial:
+    """The best complete trial's schedule as a file production training loads, with its origin."""
+    url = storage_url(storage, study_name)
+    study = load_study(url, study_name)
+    best = _best_complete(study)
+    if best is None:
+        raise LrsearchError(
+            f"study {study.study_name!r} has no complete trial yet; run more trials first"
+        )
+    attrs = best.user_attrs
+    source = {
+        "study": study.study_name,
+        "trial": best.number,
+        "val_accuracy": attrs.get("val_accuracy", best.value),
+        "test_accuracy": attrs.get("test_accuracy"),
+        "storage": redact(url),
+        **{key: attrs.get(key) for key in ("task", "model", "epochs", "steps")},
+    }
+    Schedule.from_dict(attrs["schedule"]).save(path, source=source)
+    return best
+
+
+def _value(trial: optuna.trial.FrozenTrial) -> float:
+    return float(trial.value or 0.0)
+
+
+def _brief(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any] | None:
+    if trial is None:
+        return None
+    return {
+        "number": trial.number,
+        "value": trial.value,
+        "baseline": trial.user_attrs.get(BASELINE_ATTR),
+        "schedule": trial.user_attrs.get("schedule"),
+    }
+
+
+def _best_complete(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial  # only COMPLETE trials count
+    except ValueError:
+        return None

@@ -1,0 +1,95 @@
+"""Baselines: the articles' schedules enter a study once, as trials the sampler learns from."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lrsearch import load_results, suggest_schedule
+from lrsearch.baselines import ARTICLE_BASELINES, BASELINE_ATTR, baselines_for, enqueue_baselines
+from lrsearch.config import StudyConfig, TaskConfig
+from lrsearch.export import export_study
+from lrsearch.space import default_space, params_for, space_from_table
+from lrsearch.study import run_study
+from lrsearch.training import TrainConfig
+
+
+def test_there_is_one_baseline_per_article_schedule_named_in_the_issue() -> None:
+    assert set(ARTICLE_BASELINES) == {
+        "constant",
+        "cosine-warmup-004",
+        "cosine-restarts-000",
+        "polynomial-000",
+        "exponential-burnin-001",
+        "triangular-002",
+        "multistep-004",
+    }
+    restarts = ARTICLE_BASELINES["cosine-restarts-000"].params()
+    assert restarts["multiplier"] == 1.25 and restarts["first_cycle"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name", sorted(ARTICLE_BASELINES))
+def test_each_baseline_is_produced_by_the_default_space_from_its_enqueued_params(name: str) -> None:
+    space = default_space()
+    schedule = baselines_for(space)[name]
+    study = optuna.create_study()
+    study.enqueue_trial(params_for(schedule, space))
+    produced = suggest_schedule(study.ask(), space)
+    assert produced.family == schedule.family
+    for key, value in schedule.params().items():
+        assert produced.params()[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def test_the_peak_moves_to_the_centre_of_the_lr_range_and_ratios_stay() -> None:
+    space = space_from_table({"lr": [0.01, 1.0]})
+    article = ARTICLE_BASELINES["cosine-warmup-004"]
+    moved = baselines_for(space)["cosine-warmup-004"]
+    assert moved.lr == pytest.approx(0.1)
+    assert moved.params()["min_lr"] / moved.lr == pytest.approx(
+        article.params()["min_lr"] / article.lr
+    )
+    assert moved.warmup == article.warmup
+
+
+def test_a_baseline_outside_a_narrowed_space_is_skipped_with_a_note() -> None:
+    space = space_from_table(
+        {"families": ["cosine_restarts", "constant"], "cosine_restarts": {"multiplier": [1.5, 2.0]}}
+    )
+    out = io.StringIO()
+    queued = enqueue_baselines(optuna.create_study(), space, out)
+    assert queued == ["constant"]
+    assert "baseline cosine-restarts-000 skipped" in out.getvalue()
+    assert "multiplier=1.25" in out.getvalue()
+
+
+def test_baselines_are_queued_once_and_recognisable_in_the_export(tmp_path: Path) -> None:
+    config = StudyConfig(
+        name="with-baselines",
+        n_trials=1,
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        device="cpu",
+        baselines=True,
+        task=TaskConfig(name="examples.custom_task:build", val_size=0.2),
+        training=TrainConfig(epochs=1, batch_size=64),
+    )
+    first = run_study(config, out=io.StringIO())
+    second = run_study(config, out=io.StringIO())
+    assert (first.trials_run, second.trials_run) == (len(ARTICLE_BASELINES) + 1, 1)
+    table = load_results(config.storage, config.name)
+    named = table[BASELINE_ATTR].dropna()
+    assert sorted(named) == sorted(ARTICLE_BASELINES)
+    assert table.loc[table[BASELINE_ATTR].notna(), "number"].tolist() == list(
+        range(len(ARTICLE_BASELINES))
+    )
+    assert any("best searched vs best baseline" in line for line in second.lines())
+
+    export_study(config.storage, config.name, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["best_baseline"]["baseline"] in ARTICLE_BASELINES
+    assert summary["best_searched"]["baseline"] is None
+    points = 100 * (summary["best_searched"]["value"] - summary["best_baseline"]["value"])
+    assert summary["searched_minus_baseline_points"]["val_accuracy"] == pytest.approx(points)

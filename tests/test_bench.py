@@ -1,0 +1,37 @@
+"""The benchmark end to end at a tiny size: it runs and prints its one table."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lrsearch.cli import main
+
+
+def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--images", "1024", "--epochs", "2", "--trials", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "command   python -m lrsearch bench --images 1024" in out
+    assert "torch     " in out and "machine   " in out
+    header = next(line for line in out.splitlines() if line.startswith("loop"))
+    assert header.split("  ")[0] == "loop"
+    for column in ("epoch s", "images/s", "speedup", "peak RSS MiB", "peak device MiB"):
+        assert column in header
+    rows = [
+        re.split(r"\s{2,}", line)
+        for line in out.splitlines()
+        if line.startswith(("classic", "lrsearch"))
+    ]
+    assert [row[0] for row in rows] == ["classic", "lrsearch fp32", "lrsearch bf16"]
+    assert all(len(row) == 6 for row in rows)
+    assert rows[0][3] == "1.00x"
+    overhead = re.search(r"Optuna \+ storage overhead: ([\d.]+) s per trial.*: ([\d.]+)%\n", out)
+    assert overhead is not None and float(overhead[1]) > 0 and 0 < float(overhead[2]) < 100
+    assert "x its uint8 images" in out
+
+
+def test_bench_rejects_a_zero_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--images", "0"]) == 2
+    assert "--images must be >= 1" in capsys.readouterr().err

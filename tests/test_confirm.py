@@ -1,0 +1,93 @@
+"""The confirm step: longer runs, several seeds, one record each, and the rank correlation."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lrsearch import LrsearchError, load_schedule
+from lrsearch.baselines import BASELINE_ATTR
+from lrsearch.config import StudyConfig, TaskConfig
+from lrsearch.confirm import CONFIRM_SUFFIX, confirm, save_best_confirmed, spearman
+from lrsearch.space import space_from_table
+from lrsearch.study import run_study
+from lrsearch.training import TrainConfig
+
+
+def test_spearman_on_hand_made_examples() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [9, 7, 5, 1]) == pytest.approx(-1.0)
+    # b's ranks with the tie at 7 shared: 1, 2, 3.5, 5, 3.5. Against 1..5 (mean 3 each):
+    # covariance sum 4 + 1 + 0 + 2 + 1 = 8, variances 10 and 9.5, so 8 / sqrt(95).
+    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(95))
+    with pytest.raises(LrsearchError, match="2\\+ values"):
+        spearman([1.0], [2.0])
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> StudyConfig:
+    folder = tmp_path_factory.mktemp("confirm")
+    config = StudyConfig(
+        name="to-confirm",
+        n_trials=3,
+        storage=f"sqlite:///{folder / 'study.db'}",
+        device="cpu",
+        baselines=True,
+        task=TaskConfig(name="examples.custom_task:build", val_size=0.2),
+        training=TrainConfig(epochs=1, batch_size=64),
+        space=space_from_table({"families": ["constant", "cosine", "step"], "lr": [0.01, 0.3]}),
+    )
+    run_study(config, out=io.StringIO())
+    return config
+
+
+def test_one_record_per_schedule_and_seed_at_the_confirm_length(searched: StudyConfig) -> None:
+    report = confirm(searched, top=2, epochs=2, seeds=2, out=io.StringIO())
+    record = optuna.load_study(study_name=searched.name + CONFIRM_SUFFIX, storage=searched.storage)
+    runs = record.get_trials()
+    assert len(runs) == (2 + 1) * 2
+    assert {t.user_attrs["epochs"] for t in runs} == {2}
+    assert sorted((t.user_attrs["trial"], t.user_attrs["seed"]) for t in runs) == sorted(
+        (row.trial, seed) for row in report.rows for seed in (0, 1)
+    )
+    assert sum(row.is_baseline for row in report.rows) == 1
+    search = optuna.load_study(study_name=searched.name, storage=searched.storage)
+    baseline = [t for t in search.trials if BASELINE_ATTR in t.user_attrs and t.value is not None]
+    best_baseline = max(baseline, key=lambda t: t.value)
+    assert f"baseline {best_baseline.user_attrs[BASELINE_ATTR]}" in [r.label for r in report.rows]
+    means = [sum(r.val) / len(r.val) for r in report.rows]
+    assert means == sorted(means, reverse=True)
+    assert report.rank_correlation == pytest.approx(
+        spearman([r.search_val for r in report.rows], means)
+    )
+    assert any("Spearman" in line for line in report.lines())
+
+    again = confirm(searched, top=2, epochs=2, seeds=2, out=io.StringIO())
+    assert len(record.get_trials()) == 6  # nothing recorded twice
+    assert [r.val for r in again.rows] == [r.val for r in report.rows]
+
+
+def test_best_confirmed_writes_the_winner_at_the_longest_length(
+    searched: StudyConfig, tmp_path: Path
+) -> None:
+    report = confirm(searched, top=2, epochs=2, seeds=2, out=io.StringIO())
+    winner, epochs = save_best_confirmed(searched.storage, searched.name, tmp_path / "best.json")
+    assert epochs == 2
+    assert winner.label == report.rows[0].label
+    assert load_schedule(tmp_path / "best.json") == report.rows[0].schedule
+
+
+def test_bad_counts_and_missing_studies_are_one_line(searched: StudyConfig, tmp_path: Path) -> None:
+    with pytest.raises(LrsearchError, match="--top 0"):
+        confirm(searched, top=0, epochs=2, seeds=1, out=io.StringIO())
+    with pytest.raises(LrsearchError, match="--seeds -1"):
+        confirm(searched, top=1, epochs=2, seeds=-1, out=io.StringIO())
+    with pytest.raises(
+        LrsearchError, match=r"no study 'other\.confirm'.*studies there: to-confirm"
+    ):
+        save_best_confirmed(searched.storage, "other", tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,165 @@
+"""Export and ``best`` against a real study: what the files say must be what the storage holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+import lrsearch
+from lrsearch.cli import main
+from lrsearch.schedules import Schedule, ScheduleError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Three real trials from ``lrsearch run``, then one still running and one failed."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('study') / 'quick.db'}"
+    run = ["run", "--study", "studies/quick.toml", "--n-trials", "3", "--no-baselines"]
+    run += ["--storage", url]
+    subprocess.run(
+        [sys.executable, "-m", "lrsearch", *run],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    study = optuna.load_study(study_name="quick", storage=url)
+    study.ask()  # left RUNNING
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    return url
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="quick", storage=url).get_trials()
+
+
+def test_export_matches_storage(study_url: str, tmp_path: Path) -> None:
+    assert (
+        main(["export", "--study-name", "quick", "--storage", study_url, "--out", str(tmp_path)])
+        == 0
+    )
+    trials = _trials(study_url)
+    csv = pd.read_csv(tmp_path / "trials.csv")
+    parquet = pd.read_parquet(tmp_path / "trials.parquet")
+    for table in (csv, parquet):
+        assert list(table["number"]) == [t.number for t in trials]
+        assert list(table["state"]) == ["COMPLETE"] * 3 + ["RUNNING", "FAIL"]
+    for trial in trials[:3]:
+        row = parquet.set_index("number").loc[trial.number]
+        params = trial.user_attrs["schedule"]["params"]
+        assert row["value"] == pytest.approx(trial.value)
+        assert row["family"] == trial.user_attrs["family"]
+        assert row["schedule.lr"] == pytest.approx(params["lr"])
+        assert row["schedule.warmup_mode"] == params["warmup_mode"]
+        assert row["test_accuracy"] == pytest.approx(trial.user_attrs["test_accuracy"])
+        assert not row["diverged"]
+        assert row["steps"] == trial.user_attrs["steps"]
+        assert row["duration"] == pytest.approx(trial.duration.total_seconds())
+        assert (
+            Schedule.from_dict(json.loads(row["schedule"])).to_dict()
+            == trial.user_attrs["schedule"]
+        )
+    assert parquet["duration"].isna().tolist()[3] and np.isnan(parquet["value"].iloc[4])
+
+    long = pd.read_parquet(tmp_path / "intermediate.parquet")
+    assert len(long) == sum(len(t.intermediate_values) for t in trials) == 3 * 8
+    first = trials[0].intermediate_values
+    assert long[long.number == 0].set_index("epoch")["val_accuracy"].to_dict() == first
+    assert pd.read_csv(tmp_path / "intermediate.csv").shape == long.shape
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    best = max(trials[:3], key=lambda t: t.value or 0)
+    assert summary["best"]["number"] == best.number
+    assert summary["best"]["schedule"] == best.user_attrs["schedule"]
+    assert summary["states"] == {"COMPLETE": 3, "RUNNING": 1, "FAIL": 1}
+    assert sum(summary["families"].values()) == 5
+
+
+def test_load_results_is_the_trials_table(study_url: str) -> None:
+    table = lrsearch.load_results(study_url, "quick")
+    assert len(table) == 5
+    assert {"schedule.lr", "val_accuracy", "test_accuracy", "diverged", "seed"} <= set(
+        table.columns
+    )
+    best = table.groupby("family")["val_accuracy"].max()
+    assert best.max() == pytest.approx(max(t.value or 0 for t in _trials(study_url)))
+
+
+def test_best_schedule_replays_the_trial_step_for_step(study_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "best_schedule.json"
+    assert main(["best", "--study-name", "quick", "--storage", study_url, "--out", str(path)]) == 0
+    source = json.loads(path.read_text())["source"]
+    trial = _trials(study_url)[source["trial"]]
+    assert trial.value == max(t.value or 0 for t in _trials(study_url))
+    assert source["val_accuracy"] == trial.user_attrs["val_accuracy"]
+    assert source["steps"] == trial.user_attrs["steps"]
+    steps = trial.user_attrs["steps"]
+    schedule = lrsearch.load_schedule(path)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=schedule.lr)
+    scheduler = schedule.torch_scheduler(optimizer, total_steps=steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = Schedule.from_dict(trial.user_attrs["schedule"]).curve(steps)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12)
+
+
+def test_unknown_study_lists_existing_ones(
+    study_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["export", "--study-name", "nope", "--storage", study_url, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "'nope'" in error and "studies there: quick" in error and error.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["export", "plot", "best"])
+def test_missing_storage_file_is_not_created(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "absent.db"
+    out = tmp_path / "out"
+    argv = [
+        command,
+        "--study-name",
+        "quick",
+        "--storage",
+        f"sqlite:///{database}",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not database.exists() and not out.exists()
+
+
+def test_unreachable_storage_is_one_line_without_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql+nosuchdriver://user:secret@127.0.0.1:1/db"
+    assert main(["export", "--study-name", "quick", "--storage", url, "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "secret" not in error and "***" in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("cut", [0, 40, -3])
+def test_corrupted_best_file_is_a_one_line_error(study_url: str, tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "best_schedule.json"
+    assert main(["best", "--study-name", "quick", "--storage", study_url, "--out", str(path)]) == 0
+    text = path.read_text()
+    path.write_text(text[:cut] if cut else text.replace('"lr":', '"peak":'))
+    with pytest.raises(ScheduleError) as error:
+        lrsearch.load_schedule(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)

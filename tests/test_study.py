@@ -1,0 +1,128 @@
+"""The study runner: trials recorded with everything needed to reload them, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lrsearch import LrsearchError, Schedule
+from lrsearch.config import StudyConfig, TaskConfig
+from lrsearch.space import space_from_table
+from lrsearch.study import open_study, redact, run_study
+from lrsearch.training import TrainConfig
+
+ATTRS = {
+    "schedule",
+    "family",
+    "task",
+    "model",
+    "epochs",
+    "steps_per_epoch",
+    "steps",
+    "batch_size",
+    "optimizer",
+    "device",
+    "seed",
+    "split_seed",
+    "train_seconds",
+    "val_accuracy",
+    "test_accuracy",
+    "diverged",
+}
+
+
+def digits_study(tmp_path: Path, **changes: object) -> StudyConfig:
+    config = StudyConfig(
+        name="digits",
+        n_trials=3,
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        device="cpu",
+        task=TaskConfig(name="examples.custom_task:build", val_size=0.2),
+        training=TrainConfig(epochs=2, batch_size=64),
+        space=space_from_table({"families": ["cosine", "step", "constant"], "lr": [0.01, 0.3]}),
+    )
+    return config.with_overrides(study=changes)
+
+
+def test_trials_record_their_schedule_and_results(tmp_path: Path) -> None:
+    config = digits_study(tmp_path)
+    report = run_study(config, out=io.StringIO())
+    study = optuna.load_study(study_name="digits", storage=config.storage)
+    assert report.trials_run == 3
+    assert study.metric_names == ["val_accuracy"]
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert set(trial.user_attrs) >= ATTRS
+        assert trial.value == trial.user_attrs["val_accuracy"]
+        assert sorted(trial.intermediate_values) == [1, 2]
+        assert trial.user_attrs["seed"] == config.seed + trial.number
+        schedule = Schedule.from_dict(trial.user_attrs["schedule"])
+        assert schedule.family == trial.params["family"] == trial.user_attrs["family"]
+        assert trial.user_attrs["steps"] == 2 * trial.user_attrs["steps_per_epoch"]
+    assert report.best is not None and report.best.value == study.best_value
+    assert report.best.value > 0.5  # real learning on real digits, 2 epochs
+
+
+def test_rerunning_resumes_and_adds_trials(tmp_path: Path) -> None:
+    run_study(digits_study(tmp_path, n_trials=2), out=io.StringIO())
+    report = run_study(digits_study(tmp_path, n_trials=2), out=io.StringIO())
+    study = optuna.load_study(study_name="digits", storage=digits_study(tmp_path).storage)
+    assert report.trials_run == 2
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+
+
+def test_same_seed_gives_the_same_trials_on_cpu(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        config = digits_study(tmp_path, name=name, n_trials=2)
+        run_study(config, out=io.StringIO())
+        study = optuna.load_study(study_name=name, storage=config.storage)
+        runs.append([(t.params, t.value) for t in study.trials])
+    assert runs[0] == runs[1]
+
+
+def test_an_absurd_peak_lr_is_recorded_as_diverged_and_the_study_goes_on(tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        digits_study(tmp_path, n_trials=2),
+        space=space_from_table({"families": ["constant"], "lr": 1e4}),
+    )
+    report = run_study(config, out=io.StringIO())
+    study = optuna.load_study(study_name="digits", storage=config.storage)
+    assert report.trials_run == 2 and report.best is None
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["diverged"] is True
+        assert trial.user_attrs["diverged_step"] >= 1
+        assert "loss" in trial.user_attrs["diverged_reason"]
+    assert any("no trial has completed" in line for line in report.lines())
+
+
+def test_the_summary_names_the_best_schedule_and_the_dashboard(tmp_path: Path) -> None:
+    out = io.StringIO()
+    report = run_study(digits_study(tmp_path), out=out)
+    text = "\n".join(report.lines())
+    assert report.best is not None
+    assert Schedule.from_dict(report.best.user_attrs["schedule"]).describe() in text
+    assert f"optuna-dashboard sqlite:///{tmp_path / 'study.db'}" in text
+    assert "optuna-dashboard" in out.getvalue()
+    assert math.isfinite(report.best.user_attrs["test_accuracy"])
+
+
+def test_storage_passwords_never_show() -> None:
+    url = "postgresql://lr:s3cret@db.example:5432/studies"
+    assert redact(url) == "postgresql://lr:***@db.example:5432/studies"
+    assert "s3cret" not in redact(url)
+
+
+def test_an_unusable_storage_is_one_line(tmp_path: Path) -> None:
+    config = digits_study(tmp_path)
+    with pytest.raises(LrsearchError) as error:
+        open_study(config, "postgresql://lr:s3cret@127.0.0.1:1/none")
+    assert "cannot open storage" in str(error.value)
+    assert "s3cret" not in str(error.value)
+    assert "\n" not in str(error.value)
