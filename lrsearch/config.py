@@ -103,7 +103,10 @@ def load_study_file(path: str | Path) -> StudyConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise LrsearchError(f"cannot read study file {str(path)!r}: {error.strerror}") from None
+        raise LrsearchError(
+            f"cannot read study file {str(path)!r}: {error.strerror}; "
+            "pass --study FILE (the repository's studies/ folder has examples)"
+        ) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

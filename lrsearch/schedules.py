@@ -141,7 +141,8 @@ class Schedule:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        FAMILIES[cls.family] = cls
+        if "family" in vars(cls):  # a family, not a base shared by families
+            FAMILIES[cls.family] = cls
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -473,51 +474,54 @@ class Piecewise(Schedule):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Exponential(Schedule):
+class _PeriodDecay(Schedule):
+    """What exponential and inverse-time decay share: periods of ``D = decay_steps · T'``."""
+
+    decay_rate: float
+    decay_steps: float = 1.0
+    staircase: bool = False
+
+    def _validate(self) -> None:
+        self._require(
+            "decay_steps", self.decay_steps > 0, "> 0 (a fraction of the post-warmup run)"
+        )
+
+    def _periods(self, clock: Clock) -> Array:
+        """``t'/D``, floored with ``staircase``."""
+        periods = clock.steps / (self.decay_steps * clock.total)
+        return _floor(periods) if self.staircase else periods
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exponential(_PeriodDecay):
     """``max(min_lr, lr · decay_rate ** (t'/D))`` with ``D = decay_steps · T'``.
 
     ``staircase`` floors ``t'/D``.
     """
 
     family: ClassVar[str] = "exponential"
-    decay_rate: float
-    decay_steps: float = 1.0
-    staircase: bool = False
     min_lr: float = 0.0
 
     def _validate(self) -> None:
+        super()._validate()
         self._require("decay_rate", 0.0 < self.decay_rate <= 1.0, "in (0, 1]")
-        self._require(
-            "decay_steps", self.decay_steps > 0, "> 0 (a fraction of the post-warmup run)"
-        )
 
     def _decay(self, clock: Clock) -> Array:
-        periods = clock.steps / (self.decay_steps * clock.total)
-        if self.staircase:
-            periods = _floor(periods)
-        return np.maximum(self.min_lr, self.lr * self.decay_rate**periods)
+        return np.maximum(self.min_lr, self.lr * self.decay_rate ** self._periods(clock))
 
 
 @dataclass(frozen=True, kw_only=True)
-class InverseTime(Schedule):
+class InverseTime(_PeriodDecay):
     """``lr / (1 + decay_rate · t'/D)``: Keras's InverseTimeDecay; ``staircase`` floors ``t'/D``."""
 
     family: ClassVar[str] = "inverse_time"
-    decay_rate: float
-    decay_steps: float = 1.0
-    staircase: bool = False
 
     def _validate(self) -> None:
+        super()._validate()
         self._require("decay_rate", self.decay_rate > 0, "> 0")
-        self._require(
-            "decay_steps", self.decay_steps > 0, "> 0 (a fraction of the post-warmup run)"
-        )
 
     def _decay(self, clock: Clock) -> Array:
-        periods = clock.steps / (self.decay_steps * clock.total)
-        if self.staircase:
-            periods = _floor(periods)
-        return self.lr / (1.0 + self.decay_rate * periods)
+        return self.lr / (1.0 + self.decay_rate * self._periods(clock))
 
 
 @dataclass(frozen=True, kw_only=True)

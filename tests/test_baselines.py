@@ -8,14 +8,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from digits_study import digits_study
 
 from lrsearch import load_results, suggest_schedule
 from lrsearch.baselines import ARTICLE_BASELINES, BASELINE_ATTR, baselines_for, enqueue_baselines
-from lrsearch.config import StudyConfig, TaskConfig
 from lrsearch.export import export_study
 from lrsearch.space import default_space, params_for, space_from_table
 from lrsearch.study import run_study
-from lrsearch.training import TrainConfig
 
 
 def test_there_is_one_baseline_per_article_schedule_named_in_the_issue() -> None:
@@ -67,15 +66,7 @@ def test_a_baseline_outside_a_narrowed_space_is_skipped_with_a_note() -> None:
 
 
 def test_baselines_are_queued_once_and_recognisable_in_the_export(tmp_path: Path) -> None:
-    config = StudyConfig(
-        name="with-baselines",
-        n_trials=1,
-        storage=f"sqlite:///{tmp_path / 'study.db'}",
-        device="cpu",
-        baselines=True,
-        task=TaskConfig(name="examples.custom_task:build", val_size=0.2),
-        training=TrainConfig(epochs=1, batch_size=64),
-    )
+    config = digits_study(tmp_path / "study.db", n_trials=1, baselines=True, space=default_space())
     first = run_study(config, out=io.StringIO())
     second = run_study(config, out=io.StringIO())
     assert (first.trials_run, second.trials_run) == (len(ARTICLE_BASELINES) + 1, 1)

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from digits_study import digits_study
 
 from lrsearch import LrsearchError, load_schedule
 from lrsearch.baselines import BASELINE_ATTR
-from lrsearch.config import StudyConfig, TaskConfig
+from lrsearch.config import StudyConfig
 from lrsearch.confirm import CONFIRM_SUFFIX, confirm, save_best_confirmed, spearman
-from lrsearch.space import space_from_table
 from lrsearch.study import run_study
-from lrsearch.training import TrainConfig
 
 
 def test_spearman_on_hand_made_examples() -> None:
@@ -31,16 +30,7 @@ def test_spearman_on_hand_made_examples() -> None:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> StudyConfig:
     folder = tmp_path_factory.mktemp("confirm")
-    config = StudyConfig(
-        name="to-confirm",
-        n_trials=3,
-        storage=f"sqlite:///{folder / 'study.db'}",
-        device="cpu",
-        baselines=True,
-        task=TaskConfig(name="examples.custom_task:build", val_size=0.2),
-        training=TrainConfig(epochs=1, batch_size=64),
-        space=space_from_table({"families": ["constant", "cosine", "step"], "lr": [0.01, 0.3]}),
-    )
+    config = digits_study(folder / "study.db", name="to-confirm", baselines=True)
     run_study(config, out=io.StringIO())
     return config
 

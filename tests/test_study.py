@@ -9,9 +9,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from digits_study import digits_study as study_on_digits
 
 from lrsearch import LrsearchError, Schedule
-from lrsearch.config import StudyConfig, TaskConfig
+from lrsearch.config import StudyConfig
 from lrsearch.space import space_from_table
 from lrsearch.study import open_study, redact, run_study
 from lrsearch.training import TrainConfig
@@ -37,16 +38,9 @@ ATTRS = {
 
 
 def digits_study(tmp_path: Path, **changes: object) -> StudyConfig:
-    config = StudyConfig(
-        name="digits",
-        n_trials=3,
-        storage=f"sqlite:///{tmp_path / 'study.db'}",
-        device="cpu",
-        task=TaskConfig(name="examples.custom_task:build", val_size=0.2),
-        training=TrainConfig(epochs=2, batch_size=64),
-        space=space_from_table({"families": ["cosine", "step", "constant"], "lr": [0.01, 0.3]}),
+    return study_on_digits(
+        tmp_path / "study.db", training=TrainConfig(epochs=2, batch_size=64), **changes
     )
-    return config.with_overrides(study=changes)
 
 
 def test_trials_record_their_schedule_and_results(tmp_path: Path) -> None:
