@@ -40,7 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
         "trains the task's model with it. Options override the study file.",
     )
     _add_study_options(run)
-    run.add_argument("--n-trials", type=int, help="trials to add in this run")
+    run.add_argument("--n-trials", type=int, help="trials to add in this run, all workers together")
+    run.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine (default 1)"
+    )
+    run.add_argument(
+        "--devices",
+        type=lambda text: text.split(","),
+        default=(),
+        metavar="LIST",
+        help="comma-separated devices the workers take in turn, e.g. cuda:0,cuda:1",
+    )
     run.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long"
     )
@@ -168,12 +178,14 @@ def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lrsearch.study import run_study
+    from lrsearch import workers
 
     config = _study_config(
         args, n_trials=args.n_trials, timeout=args.timeout, seed=args.seed, baselines=args.baselines
     ).with_overrides(training={"epochs": args.epochs})
-    report = run_study(config, artifact_dir=args.artifact_dir)
+    report = workers.run(
+        config, workers=args.workers, devices=args.devices, artifact_dir=args.artifact_dir
+    )
     print("\n".join(report.lines()))
     return 0
 

@@ -7,18 +7,26 @@ the exporter and ``lrsearch best`` read results from the storage alone.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
+import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 import optuna
 import sqlalchemy.exc
+import torch
 from tqdm import tqdm
 
 from lrsearch.baselines import BASELINE_ATTR, enqueue_baselines
@@ -31,17 +39,63 @@ from lrsearch.training import resolve_device, steps_per_epoch, train
 
 __all__ = [
     "METRIC_NAME",
+    "Run",
     "StudyReport",
+    "TrialError",
     "default_artifact_dir",
+    "fail_dead_trials",
     "make_pruner",
     "make_sampler",
     "open_study",
     "redact",
+    "retry_trial",
     "run_study",
+    "start_run",
     "storage_error",
 ]
 
 METRIC_NAME = "val_accuracy"
+RETRY_ATTR = "retry_of"  # on a trial that re-runs the parameters of one whose process died
+# A live trial's process writes a heartbeat this often; one silent for GRACE_SECONDS is failed
+# and retried by the next trial to start anywhere. Local deaths are caught at once by PID.
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 60
+# SQLite lets one writer in at a time; the others wait this long instead of failing at once.
+SQLITE_BUSY_SECONDS = 60
+
+
+class TrialError(Exception):
+    """The task failed in one trial (out of memory, a bug in a model): that trial fails, the
+    study goes on, and the reason is the trial's ``error`` user attribute."""
+
+
+class Interrupted(Exception):
+    """A stop was requested: the trial fails at its next epoch boundary and the run ends."""
+
+
+@contextlib.contextmanager
+def stop_requests(signals: tuple[signal.Signals, ...]) -> Iterator[threading.Event]:
+    """The first of ``signals`` asks the run to stop at the next epoch boundary; a second one
+    interrupts at once.
+
+    Raising KeyboardInterrupt wherever the signal lands could cut a storage commit in half;
+    a flag read between epochs fails the trial through Optuna's normal path instead."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # only the main thread may install handlers; the caller's stay
+        return
+
+    def request(_signal: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {number: signal.signal(number, request) for number in signals}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @dataclass(frozen=True)
@@ -100,9 +154,12 @@ STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError)
 
 def storage_error(storage: str, error: Exception) -> LrsearchError:
     """One line: the storage (password hidden) and the first line of the driver's complaint."""
+    return LrsearchError(f"cannot open storage {redact(storage)}: {redact(_first_line(error))}")
+
+
+def _first_line(error: Exception) -> str:
     text = str(error).strip()
-    first_line = text.splitlines()[0] if text else type(error).__name__
-    return LrsearchError(f"cannot open storage {redact(storage)}: {redact(first_line)}")
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def dashboard_command(storage: str, artifact_dir: Path) -> str:
@@ -143,8 +200,65 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(config: StudyConfig, storage: str) -> optuna.Study:
-    """Create the study or load it to add trials; storage problems become one-line errors."""
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """The URL's database, safe for several writing processes and for processes that die."""
+    connect_args = {"timeout": SQLITE_BUSY_SECONDS} if url.startswith("sqlite") else {}
+    attempts = 3
+    while True:
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": connect_args},
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry_trial,
+            )
+        except sqlalchemy.exc.IntegrityError:
+            attempts -= 1
+            if not attempts:
+                raise
+            time.sleep(1)  # processes started together on a new database race to create tables
+
+
+def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a dead process's trial again with its parameters, so no sampled point is lost."""
+    study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+
+
+def fail_dead_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fail and retry the RUNNING trials of processes on this host that no longer exist.
+
+    A killed process leaves its trial RUNNING; left so, the study never counts it and
+    constant-liar TPE keeps avoiding its parameters (Optuna issue #2742). The heartbeat
+    catches this too, but only after GRACE_SECONDS."""
+    host = socket.gethostname()
+    dead = [
+        trial
+        for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+        if trial.user_attrs.get("host") == host and not _alive(trial.user_attrs.get("pid"))
+    ]
+    for trial in dead:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        retry_trial(study, trial)
+    return dead
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return True  # not yet recorded: its process is still starting the trial
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def open_study(config: StudyConfig, storage: str, *, worker: int = 0) -> optuna.Study:
+    """Create the study or load it to add trials; storage problems become one-line errors.
+
+    Each ``worker`` of one run samples from its own seed, or they would propose the same points."""
     # group=True and set_metric_names are marked experimental; they are chosen deliberately.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if storage.startswith("sqlite:///"):
@@ -152,8 +266,8 @@ def open_study(config: StudyConfig, storage: str) -> optuna.Study:
     try:
         study = optuna.create_study(
             study_name=config.name,
-            storage=storage,
-            sampler=make_sampler(config.sampler, config.seed),
+            storage=rdb_storage(storage),
+            sampler=make_sampler(config.sampler, config.seed + 7919 * worker),
             pruner=make_pruner(config.pruner, config.training.epochs),
             direction="maximize",
             load_if_exists=True,
@@ -189,33 +303,92 @@ def run_study(
     """Load the task, open the storage, run ``config.n_trials`` trials, summarise."""
     out = out or sys.stderr
     task = load_study_task(config)
+    run = start_run(config, out, artifact_dir)
+    artifacts = optuna.artifacts.FileSystemArtifactStore(run.artifact_dir)
+    with run.progress(out) as bar, stop_requests((signal.SIGINT,)) as stop:
+
+        def finished(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update()
+            if "error" in trial.user_attrs:
+                bar.write(f"trial {trial.number} failed: {trial.user_attrs['error']}", file=out)
+
+        objective = make_objective(
+            config, task, progress=bar.set_postfix_str, artifacts=artifacts, stop=stop
+        )
+        optimize(run, objective, config.timeout, callbacks=[finished])
+    if stop.is_set():
+        raise KeyboardInterrupt
+    return run.report()
+
+
+def optimize(
+    run: Run,
+    objective: Callable[[optuna.Trial], float],
+    timeout: float | None,
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+    n_trials: int | None = None,
+) -> None:
+    """``study.optimize`` with trial failures caught and a failing storage made one line."""
+    try:
+        run.study.optimize(
+            objective,
+            n_trials=run.n_trials if n_trials is None else n_trials,
+            timeout=timeout,
+            callbacks=callbacks,
+            catch=(TrialError, Interrupted),
+        )
+    except STORAGE_ERRORS as error:
+        raise LrsearchError(
+            f"storage {redact(run.storage)} failed during the run: {redact(_first_line(error))}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Run:
+    """An open study about to get this run's trials, from one process or from several."""
+
+    study: optuna.Study
+    storage: str
+    artifact_dir: Path
+    n_trials: int  # this run's trials, queued baselines included
+    before: int  # trials the study had when the run started
+
+    def progress(self, out: TextIO) -> tqdm:
+        return tqdm(total=self.n_trials, desc="trials", unit="trial", file=out, dynamic_ncols=True)
+
+    def report(self) -> StudyReport:
+        return StudyReport(
+            self.study.study_name,
+            redact(self.storage),
+            len(self.study.trials) - self.before,
+            self.study.get_trials(deepcopy=False),
+            self.artifact_dir,
+        )
+
+
+def quiet_optuna() -> None:
+    """Errors only: lrsearch prints its own progress, and Optuna would print a traceback for
+    every failed trial, whose reason is already the trial's ``error`` attribute."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Run:
+    """Open the storage, fail the trials of dead local processes, say where to watch, and queue
+    the baselines (once per study, on top of the searched trials)."""
     storage = config.storage or default_storage(config.name)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     study = open_study(config, storage)
     artifact_dir = artifact_dir or default_artifact_dir(storage, config.name)
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    artifacts = optuna.artifacts.FileSystemArtifactStore(artifact_dir)
     print(f"study {config.name!r} in {redact(storage)}", file=out)
     print(f"watch it live: {dashboard_command(redact(storage), artifact_dir)}", file=out)
+    for trial in fail_dead_trials(study):
+        print(f"trial {trial.number} had lost its process; failed it and queued it again", file=out)
     before = len(study.trials)
     queued = enqueue_baselines(study, config.space, out) if config.baselines else []
     if queued:
         print(f"baselines first: {', '.join(queued)}", file=out)
-    n_trials = config.n_trials + len(queued)  # baselines come on top of the searched trials
-    with tqdm(total=n_trials, desc="trials", unit="trial", file=out, dynamic_ncols=True) as bar:
-        study.optimize(
-            make_objective(config, task, progress=bar.set_postfix_str, artifacts=artifacts),
-            n_trials=n_trials,
-            timeout=config.timeout,
-            callbacks=[lambda _study, _trial: bar.update()],
-        )
-    return StudyReport(
-        config.name,
-        redact(storage),
-        len(study.trials) - before,
-        study.get_trials(deepcopy=False),
-        artifact_dir,
-    )
+    return Run(study, storage, artifact_dir, config.n_trials + len(queued), before)
 
 
 def make_objective(
@@ -224,6 +397,7 @@ def make_objective(
     *,
     progress: Callable[[str], Any] | None = None,
     artifacts: optuna.artifacts.FileSystemArtifactStore | None = None,
+    stop: threading.Event | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective: sample a schedule, train with it, record everything on the trial.
 
@@ -231,7 +405,14 @@ def make_objective(
     so optuna-dashboard shows it while the trial runs and after it fails or is pruned."""
     training = config.training
 
+    def check_stop(trial: optuna.Trial) -> None:
+        if stop is not None and stop.is_set():
+            trial.set_user_attr("error", "interrupted")
+            trial.study.stop()  # no trial after this one
+            raise Interrupted("interrupted")
+
     def objective(trial: optuna.Trial) -> float:
+        check_stop(trial)
         schedule = suggest_schedule(trial, config.space)
         seed = config.seed + trial.number
         per_epoch = steps_per_epoch(task, training)
@@ -248,12 +429,15 @@ def make_objective(
             "device": str(task.train_labels.device),
             "seed": seed,
             "split_seed": config.task.split_seed,
+            "host": socket.gethostname(),  # with pid: which process to ask whether it still runs
+            "pid": os.getpid(),
         }.items():
             trial.set_user_attr(key, value)
         if artifacts is not None:
             _attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
 
         def report(epoch: int, val_accuracy: float) -> None:
+            check_stop(trial)
             trial.report(val_accuracy, epoch)
             if progress is not None:
                 progress(
@@ -264,7 +448,16 @@ def make_objective(
                 trial.set_user_attr("pruned_epoch", epoch)
                 raise optuna.TrialPruned(f"val_accuracy {val_accuracy:.4f} at epoch {epoch}")
 
-        result = train(task, schedule, training, seed=seed, report=report)
+        try:
+            result = train(task, schedule, training, seed=seed, report=report)
+        except (optuna.TrialPruned, Interrupted):
+            raise
+        except Exception as error:
+            reason = f"{type(error).__name__}: {_first_line(error)}"
+            trial.set_user_attr("error", reason)
+            if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()  # so the next trial on this device starts with room
+            raise TrialError(reason) from error
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("val_accuracy", result.val_accuracy)
         trial.set_user_attr(

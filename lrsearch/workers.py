@@ -1,0 +1,220 @@
+"""Several worker processes on this machine, one study, one storage.
+
+The parent validates everything, opens the study and queues the baselines, then splits
+this run's trials between spawned workers; each worker loads the task once on its device
+and runs its share with ``study.optimize``, so the run adds exactly ``n_trials`` trials.
+A worker killed by a signal has its RUNNING trial failed and retried, and a replacement
+runs what it had left. Ctrl-C stops every worker inside Optuna's own handling, which marks
+the interrupted trials FAIL, so the next run resumes. Other machines join by running the
+same command against the same server storage (see README, "Many workers and machines").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TextIO
+
+import optuna
+import torch
+
+from lrsearch.config import StudyConfig
+from lrsearch.errors import LrsearchError
+from lrsearch.study import (
+    Run,
+    StudyReport,
+    fail_dead_trials,
+    load_study_task,
+    make_objective,
+    open_study,
+    optimize,
+    quiet_optuna,
+    run_study,
+    start_run,
+    stop_requests,
+)
+from lrsearch.training import resolve_device
+
+__all__ = ["run", "run_workers"]
+
+FINISHED = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
+STOP_SECONDS = 60  # a stopped worker's last trial may take this long to be marked failed
+
+
+def run(
+    config: StudyConfig,
+    *,
+    workers: int = 1,
+    devices: Sequence[str] = (),
+    out: TextIO | None = None,
+    artifact_dir: Path | None = None,
+) -> StudyReport:
+    """One worker runs in this process, as before; more are spawned."""
+    if workers < 1:
+        raise LrsearchError(f"--workers {workers} is not allowed; it must be >= 1")
+    if workers == 1 and len(devices) <= 1:
+        device = devices[0] if devices else config.device
+        return run_study(
+            dataclasses.replace(config, device=device), out=out, artifact_dir=artifact_dir
+        )
+    return run_workers(config, workers, devices, out=out, artifact_dir=artifact_dir)
+
+
+def run_workers(
+    config: StudyConfig,
+    workers: int,
+    devices: Sequence[str] = (),
+    *,
+    out: TextIO | None = None,
+    artifact_dir: Path | None = None,
+) -> StudyReport:
+    """Spread ``workers`` processes round-robin over ``devices`` (default: the study's device)."""
+    out = out or sys.stderr
+    devices = list(devices) or [config.device]
+    for device in devices:
+        resolve_device(device)
+    load_study_task(dataclasses.replace(config, device="cpu"))  # bad task: error, nothing written
+    started = start_run(config, out, artifact_dir)
+    pool = _Pool(config, started, devices, threads=max(1, (os.cpu_count() or 1) // workers))
+    # Ctrl-C is a flag read in this loop, never an exception inside a storage call: one
+    # landing in a SQLite read could keep its lock and stall every worker's commit.
+    with stop_requests((signal.SIGINT,)) as stop:
+        try:
+            for share in _shares(started.n_trials, workers):
+                pool.spawn(share)
+            with started.progress(out) as bar:
+                while pool.processes and not stop.is_set():
+                    time.sleep(0.5)
+                    for process in pool.exited():
+                        pool.handle_exit(process, out)
+                    done = _finished(started.study, started.before)
+                    bar.update(min(done, started.n_trials) - bar.n)
+        finally:
+            pool.stop()
+            fail_dead_trials(started.study)
+    if stop.is_set():
+        raise KeyboardInterrupt
+    return started.report()
+
+
+def _shares(n_trials: int, workers: int) -> list[int]:
+    """``n_trials`` split as evenly as possible; a worker with no share is not started."""
+    return [
+        n for n in (n_trials // workers + (i < n_trials % workers) for i in range(workers)) if n
+    ]
+
+
+def _finished(study: optuna.Study, before: int) -> int:
+    return sum(t.number >= before for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class _Pool:
+    """The live workers and each one's share of this run's trials."""
+
+    def __init__(self, config: StudyConfig, started: Run, devices: list[str], threads: int) -> None:
+        self.config, self.started, self.devices, self.threads = config, started, devices, threads
+        self.processes: dict[BaseProcess, int] = {}
+        self.spawned = 0
+        self.deadline = None if config.timeout is None else time.monotonic() + config.timeout
+
+    def spawn(self, share: int) -> None:
+        """A worker for ``share`` trials; a replacement gets what is left of the run's timeout."""
+        config = dataclasses.replace(
+            self.config,
+            device=self.devices[self.spawned % len(self.devices)],
+            storage=self.started.storage,
+            timeout=None if self.deadline is None else max(1e-3, self.deadline - time.monotonic()),
+        )
+        process = multiprocessing.get_context("spawn").Process(
+            target=_work,
+            args=(config, share, self.started.artifact_dir, self.spawned, self.threads),
+        )
+        process.start()
+        self.processes[process] = share
+        self.spawned += 1
+
+    def exited(self) -> list[BaseProcess]:
+        return [p for p in self.processes if not p.is_alive()]  # is_alive reaps the dead
+
+    def handle_exit(self, process: BaseProcess, out: TextIO) -> None:
+        """A worker killed by a signal is replaced; one that failed stops the run."""
+        share = self.processes.pop(process)
+        code = process.exitcode
+        if code == 0:
+            return
+        if code is None or code > 0:
+            raise LrsearchError(f"worker {process.pid} stopped with exit code {code} (see above)")
+        lost = {t.number for t in fail_dead_trials(self.started.study)}
+        ran = [
+            t
+            for t in self.started.study.get_trials(deepcopy=False, states=FINISHED)
+            if t.user_attrs.get("pid") == process.pid
+            and t.user_attrs.get("host") == socket.gethostname()
+            and t.number not in lost
+        ]
+        print(
+            f"worker {process.pid} was killed ({signal.Signals(-code).name}); "
+            f"trials {sorted(lost) or 'none'} failed and queued again",
+            file=out,
+        )
+        if share > len(ran):
+            self.spawn(share - len(ran))
+
+    def stop(self) -> None:
+        """Ask each worker to stop (its trial is marked FAIL), then kill any that hangs."""
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.processes.clear()
+
+
+def _work(
+    config: StudyConfig, n_trials: int, artifact_dir: Path, worker: int, threads: int
+) -> None:
+    """A worker process: the parent alone takes Ctrl-C, and stops workers with SIGTERM.
+
+    Each takes its share of the CPU cores: every worker spinning on all of them ran 2 workers
+    at a third of one worker's speed on 2 cores (BENCHMARKS.md)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    try:
+        quiet_optuna()
+        task = load_study_task(config)
+        assert config.storage is not None  # the parent passes the resolved storage
+        run = Run(
+            open_study(config, config.storage, worker=worker),
+            config.storage,
+            artifact_dir,
+            n_trials,
+            before=0,
+        )
+        artifacts = optuna.artifacts.FileSystemArtifactStore(artifact_dir)
+        with stop_requests((signal.SIGTERM,)) as stop:
+            optimize(
+                run, make_objective(config, task, artifacts=artifacts, stop=stop), config.timeout
+            )
+        if stop.is_set():
+            sys.exit(130)
+    except KeyboardInterrupt:  # a second SIGTERM
+        sys.exit(130)
+    except LrsearchError as error:
+        print(f"lrsearch: error: worker: {error}", file=sys.stderr)
+        sys.exit(2)
