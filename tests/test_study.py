@@ -9,12 +9,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from digits_study import digits_study as study_on_digits
 
 from lrsearch import LrsearchError, Schedule
 from lrsearch.config import StudyConfig
 from lrsearch.space import space_from_table
-from lrsearch.study import open_study, redact, run_study
+from lrsearch.study import open_study, optimize, redact, run_study, start_run
 from lrsearch.training import TrainConfig
 
 ATTRS = {
@@ -120,3 +121,20 @@ def test_an_unusable_storage_is_one_line(tmp_path: Path) -> None:
     assert "cannot open storage" in str(error.value)
     assert "s3cret" not in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_storage_failing_during_the_run_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database going away mid-study: every later storage call raises, as SQLAlchemy does."""
+    config = digits_study(tmp_path)
+    run = start_run(config, io.StringIO(), None)
+
+    def gone(*_args: object, **_kwargs: object) -> None:
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(run.study._storage, "create_new_trial", gone)
+    with pytest.raises(LrsearchError) as error:
+        optimize(run, lambda trial: 0.0, timeout=None)
+    assert str(error.value).startswith(f"storage sqlite:///{tmp_path / 'study.db'} failed")
+    assert "disk I/O error" in str(error.value) and "\n" not in str(error.value)
