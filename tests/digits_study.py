@@ -10,6 +10,19 @@ from lrsearch.config import StudyConfig, TaskConfig
 from lrsearch.space import space_from_table
 from lrsearch.training import TrainConfig
 
+# The same study as a file, for tests that run the command line.
+DIGITS_STUDY_FILE = """
+[task]
+name = "examples.custom_task:build"
+val_size = 0.2
+[training]
+epochs = 1
+batch_size = 64
+[space]
+families = ["constant", "cosine", "step"]
+lr = [0.01, 0.3]
+"""
+
 
 def digits_study(database: Path, **changes: Any) -> StudyConfig:
     """Three 1-epoch trials over three families, stored in ``database``; ``changes`` on top."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from digits_study import DIGITS_STUDY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 URL = os.environ.get("LRSEARCH_TEST_POSTGRES_URL", "")
@@ -20,17 +21,7 @@ pytestmark = pytest.mark.skipif(
     not URL, reason="LRSEARCH_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)"
 )
 
-STUDY = """
-[task]
-name = "examples.custom_task:build"
-val_size = 0.2
-[training]
-epochs = 1
-batch_size = 64
-[space]
-families = ["constant", "cosine", "step"]
-lr = [0.01, 0.3]
-"""
+STUDY = DIGITS_STUDY_FILE
 
 
 def start(workdir: Path, storage: str, name: str, *args: str) -> subprocess.Popen[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from digits_study import digits_study
+from digits_study import DIGITS_STUDY_FILE, digits_study
 
 from lrsearch import study as study_module
 from lrsearch.cli import main
@@ -25,20 +25,7 @@ from lrsearch.study import RETRY_ATTR, fail_dead_trials, open_study, run_study
 REPO = Path(__file__).resolve().parents[1]
 State = optuna.trial.TrialState
 
-STUDY = """
-[study]
-name = "w"
-n_trials = 6
-[task]
-name = "examples.custom_task:build"
-val_size = 0.2
-[training]
-epochs = 1
-batch_size = 64
-[space]
-families = ["constant", "cosine", "step"]
-lr = [0.01, 0.3]
-"""
+STUDY = '[study]\nname = "w"\nn_trials = 6\n' + DIGITS_STUDY_FILE
 
 
 @pytest.fixture
