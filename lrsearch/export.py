@@ -20,7 +20,7 @@ from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
-from lrsearch.study import METRIC_NAME, STORAGE_ERRORS, redact, storage_error
+from lrsearch.study import METRIC_NAME, STORAGE_ERRORS, best_trial, redact, storage_error
 
 __all__ = [
     "export_study",
@@ -129,16 +129,13 @@ def intermediate_table(study: optuna.Study) -> pd.DataFrame:
 def summary(study: optuna.Study, storage: str) -> dict[str, Any]:
     """What a reader wants first: the best schedule, and how many trials ended how."""
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    searched = max(
-        (t for t in complete if BASELINE_ATTR not in t.user_attrs), key=_value, default=None
-    )
-    baseline = max((t for t in complete if BASELINE_ATTR in t.user_attrs), key=_value, default=None)
+    searched = best_trial(trials, baseline=False)
+    baseline = best_trial(trials, baseline=True)
     return {
         "study": study.study_name,
         "storage": redact(storage),
         "trials": len(trials),
-        "best": _brief(_best_complete(study)),
+        "best": _brief(best_trial(trials)),
         "best_searched": _brief(searched),
         "best_baseline": _brief(baseline),
         "searched_minus_baseline_points": None
@@ -172,7 +169,7 @@ def save_best(storage: str | None, study_name: str, path: Path) -> optuna.trial.
     """The best complete trial's schedule as a file production training loads, with its origin."""
     url = storage_url(storage, study_name)
     study = load_study(url, study_name)
-    best = _best_complete(study)
+    best = best_trial(study.get_trials(deepcopy=False))
     if best is None:
         raise LrsearchError(
             f"study {study.study_name!r} has no complete trial yet; run more trials first"
@@ -190,10 +187,6 @@ def save_best(storage: str | None, study_name: str, path: Path) -> optuna.trial.
     return best
 
 
-def _value(trial: optuna.trial.FrozenTrial) -> float:
-    return float(trial.value or 0.0)
-
-
 def _brief(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any] | None:
     if trial is None:
         return None
@@ -203,10 +196,3 @@ def _brief(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any] | None:
         "baseline": trial.user_attrs.get(BASELINE_ATTR),
         "schedule": trial.user_attrs.get("schedule"),
     }
-
-
-def _best_complete(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial  # only COMPLETE trials count
-    except ValueError:
-        return None

@@ -42,6 +42,7 @@ __all__ = [
     "Run",
     "StudyReport",
     "TrialError",
+    "best_trial",
     "default_artifact_dir",
     "fail_dead_trials",
     "make_pruner",
@@ -108,15 +109,15 @@ class StudyReport:
 
     @property
     def best(self) -> optuna.trial.FrozenTrial | None:
-        return _best(self.trials)
+        return best_trial(self.trials)
 
     @property
     def best_searched(self) -> optuna.trial.FrozenTrial | None:
-        return _best(t for t in self.trials if BASELINE_ATTR not in t.user_attrs)
+        return best_trial(self.trials, baseline=False)
 
     @property
     def best_baseline(self) -> optuna.trial.FrozenTrial | None:
-        return _best(t for t in self.trials if BASELINE_ATTR in t.user_attrs)
+        return best_trial(self.trials, baseline=True)
 
     def lines(self) -> list[str]:
         """The end-of-run summary, one fact per line."""
@@ -494,9 +495,20 @@ def _attach_lr_curve(
         )
 
 
-def _best(trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return max(complete, key=lambda t: float(t.value or 0.0), default=None)
+def best_trial(
+    trials: Iterable[optuna.trial.FrozenTrial], *, baseline: bool | None = None
+) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial: of all (``baseline=None``), of the baselines, or of the rest."""
+    return max(
+        (
+            t
+            for t in trials
+            if t.state == optuna.trial.TrialState.COMPLETE
+            and (baseline is None or (BASELINE_ATTR in t.user_attrs) == baseline)
+        ),
+        key=lambda t: float(t.value or 0.0),
+        default=None,
+    )
 
 
 def _versus(searched: optuna.trial.FrozenTrial, baseline: optuna.trial.FrozenTrial) -> str:

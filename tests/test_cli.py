@@ -131,6 +131,22 @@ def test_a_bad_option_in_a_subprocess_is_one_line_and_exit_2(workdir: Path) -> N
         (["run", "--storage", "nosuchdb://x"], "cannot open storage"),
         (["run", "--bogus"], "unrecognized arguments"),
         (["fly"], "invalid choice"),
+        (["run", "--workers", "0"], "--workers 0 is not allowed; it must be >= 1"),
+        (["run", "--workers", "-1"], "--workers -1 is not allowed"),
+        (["run", "--workers", "two"], "invalid int value"),
+        (["run", "--workers", "2", "--devices", "cpu,cuda:9"], "'cuda:9' does not exist here"),
+        (["run", "--devices", "cuda:9"], "'cuda:9' does not exist here"),
+        (["run", "--workers", "2", "--devices", "gpu!"], "is not a device"),
+        (
+            ["run", "--workers", "2", "--storage", "postgresql+psycopg://me:secret@127.0.0.1:1/db"],
+            "cannot open storage postgresql+psycopg://me:***@127.0.0.1:1/db",
+        ),
+        (
+            ["run", "--storage", "mysql://me:secret@127.0.0.1:1/db"],
+            "cannot open storage mysql://me:***@",
+        ),
+        (["run", "--storage", "postgresql+nodriver://h/db"], "cannot open storage"),
+        (["run", "--storage", "not a url"], "cannot open storage"),
         (["confirm"], "the following arguments are required: --epochs"),
         (["confirm", "--epochs", "0"], "--epochs 0"),
         (["confirm", "--epochs", "3", "--top", "-1"], "--top -1"),
@@ -164,5 +180,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("lrsearch: error: ") and err.count("\n") == 1
-    assert message in err
+    assert message in err and "secret" not in err
     assert sorted(p.name for p in workdir.rglob("*")) == before

@@ -19,7 +19,6 @@ import torch
 from digits_study import DIGITS_STUDY_FILE, digits_study
 
 from lrsearch import study as study_module
-from lrsearch.cli import main
 from lrsearch.study import RETRY_ATTR, fail_dead_trials, open_study, run_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,38 +167,3 @@ def test_a_trial_whose_heartbeat_stops_is_failed_and_retried_by_the_next_trial(
     assert study.trials[trial.number].state == State.FAIL
     (retry,) = study.get_trials(states=[State.WAITING])
     assert retry.user_attrs[RETRY_ATTR] == trial.number
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--workers", "0"], "--workers 0 is not allowed; it must be >= 1"),
-        (["--workers", "-1"], "--workers -1 is not allowed"),
-        (["--workers", "two"], "invalid int value"),
-        (["--workers", "2", "--devices", "cpu,cuda:9"], "'cuda:9' does not exist here"),
-        (["--devices", "cuda:9"], "'cuda:9' does not exist here"),
-        (["--workers", "2", "--devices", "gpu!"], "is not a device"),
-        (
-            ["--workers", "2", "--storage", "postgresql+psycopg://me:secret@127.0.0.1:1/db"],
-            "cannot open storage postgresql+psycopg://me:***@127.0.0.1:1/db",
-        ),
-        (["--storage", "mysql://me:secret@127.0.0.1:1/db"], "cannot open storage mysql://me:***@"),
-        (["--storage", "postgresql+nodriver://h/db"], "cannot open storage"),
-        (["--storage", "not a url"], "cannot open storage"),
-    ],
-)
-def test_bad_worker_and_storage_input_is_one_line_exit_2_and_writes_nothing(
-    workdir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    args: list[str],
-    message: str,
-) -> None:
-    monkeypatch.chdir(workdir)
-    monkeypatch.syspath_prepend(str(REPO))
-    code = main(["run", "--study", "study.toml", "--device", "cpu", *args])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.startswith("lrsearch: error: ") and err.count("\n") == 1
-    assert message in err and "secret" not in err
-    assert sorted(p.name for p in workdir.rglob("*")) == ["study.toml"]
