@@ -8,6 +8,7 @@ the exporter and ``lrsearch best`` read results from the storage alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -18,7 +19,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -35,7 +36,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
 from lrsearch.space import suggest_schedule
 from lrsearch.tasks import Task, load_task
-from lrsearch.training import resolve_device, steps_per_epoch, train
+from lrsearch.training import resolve_device, steps_per_epoch, train, uses_bf16
 
 __all__ = [
     "METRIC_NAME",
@@ -53,9 +54,12 @@ __all__ = [
     "run_study",
     "start_run",
     "storage_error",
+    "study_definition",
 ]
 
 METRIC_NAME = "val_accuracy"
+# The study's task, training and space, set when it is created; a run that differs is refused.
+DEFINITION_ATTR = "definition"
 RETRY_ATTR = "retry_of"  # on a trial that re-runs the parameters of one whose process died
 # A live trial's process writes a heartbeat this often; one silent for GRACE_SECONDS is failed
 # and retried by the next trial to start anywhere. Local deaths are caught at once by PID.
@@ -279,8 +283,73 @@ def open_study(config: StudyConfig, storage: str, *, worker: int = 0) -> optuna.
         raise LrsearchError(
             f"study {config.name!r} in {redact(storage)} exists and does not maximize"
         )
+    definition = study_definition(config)
+    stored = study.user_attrs.get(DEFINITION_ATTR)
+    if stored is not None and stored != definition:
+        changed = ", ".join(_changed_keys(stored, definition)[:3])
+        raise LrsearchError(
+            f"study {config.name!r} in {redact(storage)} was created with other settings "
+            f"({changed}); resume it with its own study file and options, or pass a new "
+            "--study-name"
+        )
+    if stored is None:
+        study.set_user_attr(DEFINITION_ATTR, definition)
     study.set_metric_names([METRIC_NAME])
     return study
+
+
+def study_definition(config: StudyConfig) -> dict[str, Any]:
+    """What makes one trial's value comparable with another's: the task, the training that
+    changes results, and the search space. Trials counts, storage, device, sampler and seed may
+    change between runs of one study; these may not, or TPE and ``best`` would mix two studies.
+    """
+    training = config.training
+    definition: dict[str, Any] = _plain(
+        {
+            "task": {
+                "name": config.task.name,
+                "model": config.task.model,
+                "val_size": config.task.val_size,
+                "split_seed": config.task.split_seed,
+            },
+            "training": {
+                name: getattr(training, name)
+                for name in (
+                    "epochs",
+                    "batch_size",
+                    "optimizer",
+                    "momentum",
+                    "nesterov",
+                    "weight_decay",
+                    "divergence_factor",
+                )
+            },
+            "space": config.space,
+        }
+    )
+    return definition
+
+
+def _plain(value: Any) -> Any:
+    """JSON-compatible, as the storage keeps it (tuples become lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            change
+            for key in sorted(old.keys() | new.keys())
+            for change in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
 def load_study_task(config: StudyConfig) -> Task:
@@ -428,6 +497,7 @@ def make_objective(
             "batch_size": training.batch_size,
             "optimizer": training.optimizer,
             "device": str(task.train_labels.device),
+            "precision": "bf16" if uses_bf16(training.bf16, task.train_labels.device) else "fp32",
             "seed": seed,
             "split_seed": config.task.split_seed,
             "host": socket.gethostname(),  # with pid: which process to ask whether it still runs

@@ -103,14 +103,19 @@ class Task:
 
 
 def lenet() -> nn.Module:
-    """LeNet-5 as in the reference article (ReLU and max pooling), for 1x28x28 inputs."""
+    """LeNet-5 as in the reference article (ReLU and max pooling), for 1x28x28 inputs.
+
+    Each pooling runs before its ReLU, not after as the article writes it: ReLU is monotone,
+    so both orders compute the same outputs and gradients, and this one applies ReLU to a
+    quarter of the values (LeNet steps 5-8% faster on a CPU, BENCHMARKS.md).
+    """
     return nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2),
-        nn.ReLU(),
         nn.MaxPool2d(2, 2),
+        nn.ReLU(),
         nn.Conv2d(6, 16, 5),
-        nn.ReLU(),
         nn.MaxPool2d(2, 2),
+        nn.ReLU(),
         nn.Flatten(),
         nn.Linear(400, 120),
         nn.ReLU(),
@@ -121,14 +126,15 @@ def lenet() -> nn.Module:
 
 
 def small_cnn() -> nn.Module:
-    """The reference article's small CNN, for 1x28x28 inputs."""
+    """The reference article's small CNN, for 1x28x28 inputs; pooling before ReLU as in
+    :func:`lenet`."""
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
         nn.MaxPool2d(2),
+        nn.ReLU(),
         nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
         nn.MaxPool2d(2),
+        nn.ReLU(),
         nn.Flatten(),
         nn.Linear(3136, 128),
         # The article has no activation between the two dense layers; kept that way so that

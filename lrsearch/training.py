@@ -39,6 +39,7 @@ __all__ = [
     "resolve_device",
     "steps_per_epoch",
     "train",
+    "uses_bf16",
 ]
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -66,8 +67,8 @@ class TrainConfig:
     # torch.compile the model and the optimizer step: pays on CUDA for runs long enough to
     # amortise the compile (tens of seconds), never for a few CPU epochs.
     compile: bool = False
-    # bf16 autocast; None: on CUDA only. On a CPU with AMX/AVX512-BF16 it makes LeNet steps
-    # 12% faster (BENCHMARKS.md) but on one without them slower, so there it is opted into.
+    # bf16 autocast; None: where the hardware computes in bf16 natively, CUDA and CPUs with
+    # AMX (LeNet steps 8-12% faster on one, BENCHMARKS.md); other CPUs emulate it and slow down.
     bf16: bool | None = None
 
     def __post_init__(self) -> None:
@@ -145,9 +146,16 @@ def steps_per_epoch(task: Task, config: TrainConfig) -> int:
     return steps
 
 
+def uses_bf16(bf16: bool | None, device: torch.device) -> bool:
+    """Resolve ``TrainConfig.bf16``: ``None`` means bf16 where the device has bf16 units."""
+    if bf16 is not None:
+        return bf16
+    return device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_amx_tile_supported())
+
+
 def _autocast(device: torch.device, bf16: bool | None) -> contextlib.AbstractContextManager[object]:
     """bf16 keeps float32's range, so unlike float16 it needs no loss scaling."""
-    enabled = device.type == "cuda" if bf16 is None else bf16
+    enabled = uses_bf16(bf16, device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

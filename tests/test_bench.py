@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from lrsearch.cli import main
+from lrsearch.training import uses_bf16
 
 
 def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -24,7 +26,15 @@ def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
         for line in out.splitlines()
         if line.startswith(("classic", "lrsearch"))
     ]
-    assert [row[0] for row in rows] == ["classic", "lrsearch fp32", "lrsearch bf16"]
+    default = "bf16" if uses_bf16(None, torch.device("cpu")) else "fp32"
+    assert [row[0].removesuffix(" (default)") for row in rows] == [
+        "classic",
+        "lrsearch fp32",
+        "lrsearch bf16",
+    ]
+    assert [row[0] for row in rows if row[0].endswith(" (default)")] == [
+        f"lrsearch {default} (default)"
+    ]
     assert all(len(row) == 6 for row in rows)
     assert rows[0][3] == "1.00x"
     overhead = re.search(r"Optuna \+ storage overhead: ([\d.]+) s per trial.*: ([\d.]+)%\n", out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -13,9 +14,16 @@ import sqlalchemy.exc
 from digits_study import digits_study as study_on_digits
 
 from lrsearch import LrsearchError, Schedule
-from lrsearch.config import StudyConfig
+from lrsearch.config import StudyConfig, TaskConfig
 from lrsearch.space import space_from_table
-from lrsearch.study import open_study, optimize, redact, run_study, start_run
+from lrsearch.study import (
+    open_study,
+    optimize,
+    redact,
+    run_study,
+    start_run,
+    study_definition,
+)
 from lrsearch.training import TrainConfig
 
 ATTRS = {
@@ -29,6 +37,7 @@ ATTRS = {
     "batch_size",
     "optimizer",
     "device",
+    "precision",
     "seed",
     "split_seed",
     "train_seconds",
@@ -40,7 +49,7 @@ ATTRS = {
 
 def digits_study(tmp_path: Path, **changes: object) -> StudyConfig:
     return study_on_digits(
-        tmp_path / "study.db", training=TrainConfig(epochs=2, batch_size=64), **changes
+        tmp_path / "study.db", training=TrainConfig(epochs=2, batch_size=64, bf16=False), **changes
     )
 
 
@@ -59,6 +68,7 @@ def test_trials_record_their_schedule_and_results(tmp_path: Path) -> None:
         schedule = Schedule.from_dict(trial.user_attrs["schedule"])
         assert schedule.family == trial.params["family"] == trial.user_attrs["family"]
         assert trial.user_attrs["steps"] == 2 * trial.user_attrs["steps_per_epoch"]
+        assert trial.user_attrs["precision"] == "fp32"
     assert report.best is not None and report.best.value == study.best_value
     assert report.best.value > 0.5  # real learning on real digits, 2 epochs
 
@@ -69,6 +79,36 @@ def test_rerunning_resumes_and_adds_trials(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="digits", storage=digits_study(tmp_path).storage)
     assert report.trials_run == 2
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("changes", "changed"),
+    [
+        ({"training": TrainConfig(epochs=3, batch_size=64, bf16=False)}, "training.epochs: 2 -> 3"),
+        (
+            {"space": space_from_table({"families": ["constant", "cosine", "step"], "lr": 0.1})},
+            "space.settings.constant.lr",
+        ),
+        ({"task": TaskConfig(name="examples.custom_task:build", val_size=0.3)}, "task.val_size"),
+    ],
+)
+def test_resuming_with_other_settings_is_refused_and_adds_nothing(
+    tmp_path: Path, changes: dict[str, object], changed: str
+) -> None:
+    config = digits_study(tmp_path, n_trials=1)
+    run_study(config, out=io.StringIO())
+    with pytest.raises(LrsearchError, match=re.escape(changed)) as refused:
+        run_study(dataclasses.replace(config, **changes), out=io.StringIO())
+    assert "--study-name" in str(refused.value) and "\n" not in str(refused.value)
+    study = optuna.load_study(study_name="digits", storage=config.storage)
+    assert len(study.trials) == 1
+    assert study.user_attrs["definition"] == study_definition(config)
+
+
+def test_trial_counts_seed_and_sampler_may_change_between_runs(tmp_path: Path) -> None:
+    run_study(digits_study(tmp_path, n_trials=1), out=io.StringIO())
+    again = digits_study(tmp_path, n_trials=2, seed=5, sampler="random", device="cpu")
+    assert run_study(again, out=io.StringIO()).trials_run == 2
 
 
 def test_same_seed_gives_the_same_trials_on_cpu(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import pickle
 import urllib.request
 import uuid
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from idx_files import accept_cifar10_files, write_cifar10_like, write_mnist_like
+from torch import nn
 
 from lrsearch.errors import LrsearchError
 from lrsearch.tasks import (
@@ -231,6 +233,31 @@ def test_article_models_keep_their_layer_sizes(factory: Any, parameters: int) ->
     assert sum(p.numel() for p in factory().parameters()) == parameters
 
 
+def _relu_then_pool(model: nn.Sequential) -> nn.Sequential:
+    """The articles' layer order: each ReLU before its max pooling."""
+    layers = list(model)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("factory", [lenet, small_cnn])
+def test_pooling_before_relu_gives_the_articles_outputs_and_gradients(factory: Any) -> None:
+    torch.manual_seed(0)
+    ours = factory()
+    article = _relu_then_pool(copy.deepcopy(ours))
+    assert [type(m) for m in article] != [type(m) for m in ours]  # the order really differs
+    images = torch.randn(16, 1, 28, 28)
+    labels = torch.randint(0, 10, (16,))
+    for model in (ours, article):
+        nn.functional.cross_entropy(model(images), labels).backward()
+    assert torch.equal(ours(images), article(images))
+    for mine, theirs in zip(ours.parameters(), article.parameters(), strict=True):
+        assert mine.grad is not None and theirs.grad is not None
+        assert torch.equal(mine.grad, theirs.grad)
+
+
 def test_written_data_is_learnable(tmp_path: Path) -> None:
     write_mnist_like(tmp_path)
     task = load("fashion-mnist", tmp_path)
@@ -330,6 +357,7 @@ USER_TASK = """
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lrsearch.tasks import TaskSource, lenet
 

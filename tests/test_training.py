@@ -13,7 +13,14 @@ from lrsearch.errors import LrsearchError
 from lrsearch.idx import learnable_splits
 from lrsearch.schedules import Constant, Cosine
 from lrsearch.tasks import Task, TaskSource, lenet, prepare_task
-from lrsearch.training import TrainConfig, TrainResult, make_optimizer, resolve_device, train
+from lrsearch.training import (
+    TrainConfig,
+    TrainResult,
+    make_optimizer,
+    resolve_device,
+    train,
+    uses_bf16,
+)
 
 SEED = 3
 
@@ -72,12 +79,33 @@ def run(
 
 def test_loss_trajectory_matches_a_plain_reference_loop(task: Task) -> None:
     schedule = Cosine(lr=0.05, warmup=0.1)
-    config = TrainConfig(epochs=3, batch_size=32)
+    config = TrainConfig(epochs=3, batch_size=32, bf16=False)
     _, losses = run(task, schedule, config)
     expected = reference_losses(task, schedule, config)
     assert len(losses) == len(expected) == 3 * (384 // 32)
     assert losses == pytest.approx(expected, rel=1e-3, abs=1e-4)
     assert losses[-1] < losses[0]  # it learns
+
+
+def test_bf16_loss_trajectory_stays_near_the_float32_reference(task: Task) -> None:
+    """bf16 keeps 8 bits of mantissa: the same run, within a percent or two, not another one."""
+    schedule = Cosine(lr=0.05, warmup=0.1)
+    config = TrainConfig(epochs=3, batch_size=32, bf16=True)
+    _, losses = run(task, schedule, config)
+    expected = reference_losses(task, schedule, config)
+    assert losses == pytest.approx(expected, rel=0.02)
+    assert losses != pytest.approx(expected, rel=1e-4, abs=1e-5)  # bf16 did run
+
+
+@pytest.mark.parametrize(("amx", "expected"), [(True, True), (False, False)])
+def test_bf16_by_default_on_cpus_with_amx_only(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert uses_bf16(None, cpu) is expected
+    assert uses_bf16(True, cpu) is True
+    assert uses_bf16(False, cpu) is False
 
 
 def test_same_seed_same_run(task: Task) -> None:

@@ -107,7 +107,7 @@ def test_ctrl_c_stops_the_workers_leaves_nothing_running_and_the_next_run_resume
     states = [t.state for t in trials(workdir)]
     assert State.RUNNING not in states and State.FAIL in states
 
-    again = start(workdir, "--n-trials", "1")
+    again = start(workdir, "--n-trials", "1", "--epochs", "40")  # the study's own settings
     assert again.wait(timeout=120) == 0
     assert [t.state for t in trials(workdir)][len(states) :] == [State.COMPLETE]
 
