@@ -219,9 +219,12 @@ def train(
     for epoch in range(config.epochs):
         order = torch.randperm(len(task.train_labels), device=device, generator=shuffle)
         for batch in order[: per_epoch * config.batch_size].view(per_epoch, config.batch_size):
+            # index_select, not images[batch]: 5 us instead of 33 us for 128 rows on a CPU.
+            images = task.train_images.index_select(0, batch)
+            labels = task.train_labels.index_select(0, batch)
             with _autocast(device, config.bf16):
-                logits = forward(task.normalize(task.train_images[batch]))
-            loss = F.cross_entropy(logits.float(), task.train_labels[batch])
+                logits = forward(task.normalize(images))
+            loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer_step()
