@@ -12,7 +12,7 @@ from lrsearch.training import uses_bf16
 
 
 def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "--images", "1024", "--epochs", "2", "--trials", "1", "--device", "cpu"]
+    argv = ["bench", "--images", "1024", "--epochs", "2", "--trials", "1", "--trial-epochs", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "command   python -m lrsearch bench --images 1024" in out
@@ -39,6 +39,7 @@ def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[0][3] == "1.00x"
     overhead = re.search(r"Optuna \+ storage overhead: ([\d.]+) s per trial.*: ([\d.]+)%\n", out)
     assert overhead is not None and float(overhead[1]) > 0 and 0 < float(overhead[2]) < 100
+    assert "measured over 1 2-epoch trials of a default study" in out
     assert "x its uint8 images" in out
 
 
