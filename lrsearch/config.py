@@ -187,7 +187,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except LrsearchError:
                 continue
-        raise wrong(" or ".join(_type_name(a) for a in args))
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        # TOML has no null: an optional key is left out to get its default.
+        raise wrong(names + (", or the key left out" if type(None) in args else ""))
     if origin is Literal:
         if value not in args:
             raise LrsearchError(
@@ -220,4 +222,6 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _type_name(hint: Any) -> str:
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+    """As the TOML reader would write it."""
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

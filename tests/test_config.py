@@ -71,6 +71,8 @@ def test_overrides_apply_by_section_and_are_validated(tmp_path: Path) -> None:
         ("[training]\noptimizer = 'lion'", "choose one of 'sgd'"),
         ("[training]\nmomentum = 1.5", "momentum=1.5"),
         ("[training]\nnesterov = true\nmomentum = 0.0", "nesterov"),
+        ("[training]\nbf16 = 'yes'", "expected true or false, or the key left out"),
+        ("[study]\ntimeout = 'soon'", "expected a number, or the key left out"),
         ("[space]\nlr = [1.0, 0.1]", "empty"),
         ("[space]\nfamilies = ['cosine', 'triangle']", "unknown schedule family 'triangle'"),
         ("task = 3", "[task] must be a table"),
