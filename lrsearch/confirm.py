@@ -27,7 +27,7 @@ from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import load_study, storage_url
 from lrsearch.schedules import Schedule
-from lrsearch.study import load_study_task, open_study, redact
+from lrsearch.study import check_definition, load_study_task, open_study, redact
 from lrsearch.training import steps_per_epoch, train
 
 __all__ = [
@@ -111,6 +111,7 @@ def confirm(
             raise LrsearchError(f"{name} {value} is not allowed; it must be >= 1")
     storage = storage_url(config.storage, config.name)
     search = load_study(storage, config.name)
+    check_definition(search, config, storage)  # retraining on another task would mean nothing
     candidates = _candidates(search, top)
     task = load_study_task(config)
     training = dataclasses.replace(config.training, epochs=epochs)

@@ -44,6 +44,7 @@ __all__ = [
     "StudyReport",
     "TrialError",
     "best_trial",
+    "check_definition",
     "default_artifact_dir",
     "fail_dead_trials",
     "make_pruner",
@@ -283,19 +284,23 @@ def open_study(config: StudyConfig, storage: str, *, worker: int = 0) -> optuna.
         raise LrsearchError(
             f"study {config.name!r} in {redact(storage)} exists and does not maximize"
         )
-    definition = study_definition(config)
+    if not check_definition(study, config, storage):
+        study.set_user_attr(DEFINITION_ATTR, study_definition(config))
+    study.set_metric_names([METRIC_NAME])
+    return study
+
+
+def check_definition(study: optuna.Study, config: StudyConfig, storage: str) -> bool:
+    """Refuse a study created with other settings than ``config``'s; False if it has none yet."""
     stored = study.user_attrs.get(DEFINITION_ATTR)
+    definition = study_definition(config)
     if stored is not None and stored != definition:
         changed = ", ".join(_changed_keys(stored, definition)[:3])
         raise LrsearchError(
-            f"study {config.name!r} in {redact(storage)} was created with other settings "
-            f"({changed}); resume it with its own study file and options, or pass a new "
-            "--study-name"
+            f"study {study.study_name!r} in {redact(storage)} was created with other settings "
+            f"({changed}); use its own study file and options, or pass a new --study-name"
         )
-    if stored is None:
-        study.set_user_attr(DEFINITION_ATTR, definition)
-    study.set_metric_names([METRIC_NAME])
-    return study
+    return stored is not None
 
 
 def study_definition(config: StudyConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -81,3 +82,20 @@ def test_bad_counts_and_missing_studies_are_one_line(searched: StudyConfig, tmp_
     ):
         save_best_confirmed(searched.storage, "other", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_confirming_with_another_task_is_refused_before_training(searched: StudyConfig) -> None:
+    def confirm_studies() -> list[tuple[str, int]]:
+        return [
+            (s.study_name, s.n_trials)
+            for s in optuna.get_all_study_summaries(searched.storage)
+            if s.study_name.endswith(CONFIRM_SUFFIX)
+        ]
+
+    before = confirm_studies()
+    other = dataclasses.replace(searched, task=dataclasses.replace(searched.task, val_size=0.3))
+    out = io.StringIO()
+    with pytest.raises(LrsearchError, match=r"'to-confirm' .*other settings \(task\.val_size"):
+        confirm(other, top=1, epochs=2, seeds=1, out=out)
+    assert out.getvalue() == ""  # nothing trained
+    assert confirm_studies() == before
