@@ -305,7 +305,7 @@ def check_definition(study: optuna.Study, config: StudyConfig, storage: str) -> 
 
 def study_definition(config: StudyConfig) -> dict[str, Any]:
     """What makes one trial's value comparable with another's: the task, the training that
-    changes results, and the search space. Trials counts, storage, device, sampler and seed may
+    changes results, and the search space. Trial counts, storage, device, sampler and seed may
     change between runs of one study; these may not, or TPE and ``best`` would mix two studies.
     """
     training = config.training

@@ -108,6 +108,22 @@ def test_bf16_by_default_on_cpus_with_amx_only(
     assert uses_bf16(False, cpu) is False
 
 
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 0), False), ((8, 0), True), ((9, 0), True)]
+)
+def test_bf16_by_default_on_gpus_from_ampere_on(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: bool
+) -> None:
+    asked: list[torch.device] = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability
+    )
+    gpu = torch.device("cuda:1")
+    assert uses_bf16(None, gpu) is expected
+    assert asked == [gpu]  # the trial's own GPU, not the current one
+    assert uses_bf16(False, gpu) is False
+
+
 def test_same_seed_same_run(task: Task) -> None:
     config = TrainConfig(epochs=2, batch_size=64)
     first, first_losses = run(task, Cosine(lr=0.05), config)
