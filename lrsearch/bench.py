@@ -212,7 +212,7 @@ def run(config: BenchConfig, command: str) -> str:
             train_labels=torch.cat([task.train_labels, task.val_labels]),
         )
         per_epoch = config.images // config.batch_size * config.batch_size
-        # bf16 is the default on CUDA and AMX CPUs only: both rows show what it changes.
+        # bf16 is the default on recent GPUs, an option on a CPU: both rows show what it changes.
         default = "bf16" if uses_bf16(None, device) else "fp32"
         fp32, bf16 = (f"lrsearch {p}{' (default)' * (p == default)}" for p in ("fp32", "bf16"))
         loops: dict[str, tuple[int, Callable[[], list[float]]]] = {

@@ -10,10 +10,10 @@ Speed comes from never leaving the device: the data set is uint8 tensors
 loaded once per process, each epoch is a device ``randperm`` sliced into
 batches, the divergence check reads one flag every ``check_every`` steps,
 and evaluation runs in batches under ``inference_mode``. Convolutions run
-channels_last; where the hardware has bf16 units (GPUs from Ampere on, CPUs
-with AMX) the step runs in bf16 autocast. On CUDA it may be compiled, the LR
-then living in a tensor so that the schedule changing it every step does not
-trigger a recompile.
+channels_last; on GPUs with bf16 tensor cores the step runs in bf16 autocast
+(on a CPU that is an option). On CUDA it may be compiled, the LR then living
+in a tensor so that the schedule changing it every step does not trigger a
+recompile.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ class TrainConfig:
     # torch.compile the model and the optimizer step: pays on CUDA for runs long enough to
     # amortise the compile (tens of seconds), never for a few CPU epochs.
     compile: bool = False
-    # bf16 autocast; None: where the hardware computes in bf16 natively, GPUs from Ampere on
-    # and CPUs with AMX (LeNet steps 8-12% faster on one, BENCHMARKS.md); elsewhere bf16 is
-    # emulated, so float32.
+    # bf16 autocast; None: on GPUs with bf16 tensor cores (Ampere on), float32 elsewhere. On a
+    # CPU with AMX, bf16=True makes LeNet steps 8-12% faster but the quick study's small MLP 30%
+    # slower (BENCHMARKS.md): it depends on the model, so on a CPU it is opted into.
     bf16: bool | None = None
 
     def __post_init__(self) -> None:
@@ -149,12 +149,11 @@ def steps_per_epoch(task: Task, config: TrainConfig) -> int:
 
 
 def uses_bf16(bf16: bool | None, device: torch.device) -> bool:
-    """Resolve ``TrainConfig.bf16``: ``None`` means bf16 where the device has bf16 units."""
+    """Resolve ``TrainConfig.bf16``: ``None`` means bf16 on GPUs with bf16 tensor cores."""
     if bf16 is not None:
         return bf16
-    if device.type == "cuda":  # bf16 tensor cores arrived with Ampere (compute capability 8)
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
+    # bf16 tensor cores arrived with Ampere (compute capability 8); older GPUs emulate bf16.
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[object]:
