@@ -111,12 +111,15 @@ def confirm(
             raise LrsearchError(f"{name} {value} is not allowed; it must be >= 1")
     storage = storage_url(config.storage, config.name)
     search = load_study(storage, config.name)
-    check_definition(search, config, storage)  # retraining on another task would mean nothing
+    # Retraining on another task or space would mean nothing; at another length is the point.
+    check_definition(search, config, storage, any_epochs=True)
     candidates = _candidates(search, top)
     task = load_study_task(config)
     training = dataclasses.replace(config.training, epochs=epochs)
     per_epoch = steps_per_epoch(task, training)
-    record = open_study(dataclasses.replace(config, name=config.name + CONFIRM_SUFFIX), storage)
+    record = open_study(
+        dataclasses.replace(config, name=config.name + CONFIRM_SUFFIX), storage, any_epochs=True
+    )
     record.set_user_attr("search_study", config.name)
     done = {
         (t.user_attrs["trial"], t.user_attrs["seed"], t.user_attrs["epochs"])

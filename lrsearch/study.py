@@ -261,10 +261,13 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def open_study(config: StudyConfig, storage: str, *, worker: int = 0) -> optuna.Study:
+def open_study(
+    config: StudyConfig, storage: str, *, worker: int = 0, any_epochs: bool = False
+) -> optuna.Study:
     """Create the study or load it to add trials; storage problems become one-line errors.
 
-    Each ``worker`` of one run samples from its own seed, or they would propose the same points."""
+    Each ``worker`` of one run samples from its own seed, or they would propose the same points.
+    ``any_epochs`` as for :func:`check_definition`."""
     # group=True and set_metric_names are marked experimental; they are chosen deliberately.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if storage.startswith("sqlite:///"):
@@ -284,16 +287,24 @@ def open_study(config: StudyConfig, storage: str, *, worker: int = 0) -> optuna.
         raise LrsearchError(
             f"study {config.name!r} in {redact(storage)} exists and does not maximize"
         )
-    if not check_definition(study, config, storage):
+    if not check_definition(study, config, storage, any_epochs=any_epochs):
         study.set_user_attr(DEFINITION_ATTR, study_definition(config))
     study.set_metric_names([METRIC_NAME])
     return study
 
 
-def check_definition(study: optuna.Study, config: StudyConfig, storage: str) -> bool:
-    """Refuse a study created with other settings than ``config``'s; False if it has none yet."""
+def check_definition(
+    study: optuna.Study, config: StudyConfig, storage: str, *, any_epochs: bool = False
+) -> bool:
+    """Refuse a study created with other settings than ``config``'s; False if it has none yet.
+
+    ``any_epochs`` is for retraining at a length of one's own (``confirm``): the trials' length
+    may then differ, since it may have come from ``run --epochs`` rather than the study file.
+    """
     stored = study.user_attrs.get(DEFINITION_ATTR)
     definition = study_definition(config)
+    if any_epochs and stored is not None:
+        definition["training"]["epochs"] = stored.get("training", {}).get("epochs")
     if stored is not None and stored != definition:
         changed = ", ".join(_changed_keys(stored, definition)[:3])
         raise LrsearchError(

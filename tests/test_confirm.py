@@ -99,3 +99,14 @@ def test_confirming_with_another_task_is_refused_before_training(searched: Study
         confirm(other, top=1, epochs=2, seeds=1, out=out)
     assert out.getvalue() == ""  # nothing trained
     assert confirm_studies() == before
+
+
+def test_a_search_run_with_other_epochs_than_its_file_can_still_be_confirmed(
+    searched: StudyConfig,
+) -> None:
+    """``run --epochs 1`` on a file that says 5: confirm reads the file and its own --epochs."""
+    from_file = dataclasses.replace(
+        searched, training=dataclasses.replace(searched.training, epochs=5)
+    )
+    report = confirm(from_file, top=1, epochs=2, seeds=1, out=io.StringIO())
+    assert report.rows
