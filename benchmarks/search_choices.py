@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 
 from lrsearch.config import load_study_file
-from lrsearch.study import run_study
+from lrsearch.runner import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 # Families whose LR is still high in the middle of the run.

@@ -160,7 +160,7 @@ def optuna_overhead(root: Path, config: BenchConfig) -> tuple[float, float]:
     trial's start to the last one's end the rest is sampler, storage and bookkeeping. Opening
     the storage is once per run and is left out; imports done on the first trial are not.
     """
-    from lrsearch.study import run_study  # Optuna's storage stack is only needed here
+    from lrsearch.runner import run_study  # Optuna's storage stack is only needed here
 
     storage = f"sqlite:///{root / 'bench.db'}"
     study = StudyConfig(

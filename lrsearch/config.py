@@ -48,7 +48,12 @@ class StudyConfig:
     name: str
     n_trials: int = 20  # added by each run; re-running the study adds more
     timeout: float | None = None  # seconds, for this run
-    seed: int = 0  # sampler seed; trial k trains with seed + k
+    seed: int = (
+        0  # sampler seed; a new study trains every trial with seeds seed .. seed + seeds - 1
+    )
+    # Each trial trains its schedule with this many initialisation seeds in one population and
+    # is scored by their mean; every trial of a study uses the same seeds (README: "Seeds").
+    seeds: int = 1
     storage: str | None = None  # any Optuna storage URL; None: a SQLite file per study
     sampler: SamplerName = "tpe"
     pruner: PrunerName = "none"
@@ -63,6 +68,8 @@ class StudyConfig:
             raise LrsearchError(
                 f"study name {self.name!r} is not allowed; use letters, digits, '.', '_' and '-'"
             )
+        if self.seeds < 1:
+            raise LrsearchError(f"seeds={self.seeds} is not allowed; it must be >= 1")
         if self.n_trials < 1:
             raise LrsearchError(f"n_trials={self.n_trials} is not allowed; it must be >= 1")
         if self.timeout is not None and self.timeout <= 0:

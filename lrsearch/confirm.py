@@ -27,7 +27,8 @@ from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import load_study, storage_url
 from lrsearch.schedules import Schedule
-from lrsearch.study import check_definition, load_study_task, open_study, redact
+from lrsearch.storage import redact
+from lrsearch.study import check_definition, load_study_task, open_study
 from lrsearch.training import steps_per_epoch, train
 
 __all__ = [

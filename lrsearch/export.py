@@ -20,7 +20,8 @@ from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
-from lrsearch.study import METRIC_NAME, STORAGE_ERRORS, best_trial, redact, storage_error
+from lrsearch.storage import STORAGE_ERRORS, redact, storage_error
+from lrsearch.study import METRIC_NAME, best_trial
 
 __all__ = [
     "export_study",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import math
+import statistics
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["binomial_se", "pack_correct", "unpack_correct"]
+__all__ = ["binomial_se", "mean_se", "pack_correct", "unpack_correct"]
 
 
 def binomial_se(accuracy: float, examples: int) -> float:
@@ -35,3 +37,16 @@ def unpack_correct(text: str, examples: int) -> npt.NDArray[np.bool_]:
     """The inverse of :func:`pack_correct` for ``examples`` examples."""
     bits = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
     return np.unpackbits(bits, count=examples, bitorder="little").astype(bool)
+
+
+def mean_se(per_seed: Sequence[float], examples: int) -> float:
+    """Standard error of a mean accuracy over seeds that share one set of ``examples``.
+
+    Two parts: the spread between seeds, which averaging over seeds shrinks, and the sampling
+    of the examples, which it does not (every seed meets the same examples)."""
+    values = [v for v in per_seed if math.isfinite(v)]
+    if not values:
+        return math.nan
+    mean = sum(values) / len(values)
+    between = statistics.variance(values) / len(values) if len(values) > 1 else 0.0
+    return math.sqrt(between + binomial_se(mean, examples) ** 2)

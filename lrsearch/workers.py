@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
@@ -28,19 +29,17 @@ import torch
 
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
-from lrsearch.study import (
+from lrsearch.runner import (
+    Progress,
     Run,
     StudyReport,
-    fail_dead_trials,
-    load_study_task,
-    make_objective,
-    open_study,
-    optimize,
-    quiet_optuna,
     run_study,
+    run_trials,
     start_run,
     stop_requests,
 )
+from lrsearch.storage import fail_dead_trials, first_line
+from lrsearch.study import load_study_task, open_study, quiet_optuna
 from lrsearch.training import resolve_device
 
 __all__ = ["run", "run_workers"]
@@ -94,13 +93,17 @@ def run_workers(
         try:
             for share in _shares(started.n_trials, workers):
                 pool.spawn(share)
-            with started.progress(out) as bar:
+            trials = started.study.get_trials(deepcopy=False)
+            with Progress(started.n_trials, out, trials) as progress:
+                seen = {t.number for t in trials if t.state in FINISHED}
                 while pool.processes and not stop.is_set():
                     time.sleep(0.5)
                     for process in pool.exited():
                         pool.handle_exit(process, out)
-                    done = _finished(started.study, started.before)
-                    bar.update(min(done, started.n_trials) - bar.n)
+                    for trial in _finished(started.study, started.before):
+                        if trial.number not in seen:
+                            seen.add(trial.number)
+                            progress.trial_done(trial)
         finally:
             pool.stop()
             fail_dead_trials(started.study)
@@ -116,8 +119,8 @@ def _shares(n_trials: int, workers: int) -> list[int]:
     ]
 
 
-def _finished(study: optuna.Study, before: int) -> int:
-    return sum(t.number >= before for t in study.get_trials(deepcopy=False, states=FINISHED))
+def _finished(study: optuna.Study, before: int) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.number >= before]
 
 
 class _Pool:
@@ -139,7 +142,14 @@ class _Pool:
         )
         process = multiprocessing.get_context("spawn").Process(
             target=_work,
-            args=(config, share, self.started.artifact_dir, self.spawned, self.threads),
+            args=(
+                config,
+                share,
+                self.started.artifact_dir,
+                self.spawned,
+                self.threads,
+                os.getpid(),
+            ),
         )
         process.start()
         self.processes[process] = share
@@ -187,12 +197,13 @@ class _Pool:
 
 
 def _work(
-    config: StudyConfig, n_trials: int, artifact_dir: Path, worker: int, threads: int
+    config: StudyConfig, n_trials: int, artifact_dir: Path, worker: int, threads: int, parent: int
 ) -> None:
     """A worker process: the parent alone takes Ctrl-C, and stops workers with SIGTERM.
 
     Each takes its share of the CPU cores: every worker spinning on all of them ran 2 workers
-    at a third of one worker's speed on 2 cores (BENCHMARKS.md)."""
+    at a third of one worker's speed on 2 cores (BENCHMARKS.md). A worker whose parent dies
+    stops too, or a restarted run would have two sets of workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     try:
@@ -206,15 +217,34 @@ def _work(
             n_trials,
             before=0,
         )
-        artifacts = optuna.artifacts.FileSystemArtifactStore(artifact_dir)
         with stop_requests((signal.SIGTERM,)) as stop:
-            optimize(
-                run, make_objective(config, task, artifacts=artifacts, stop=stop), config.timeout
-            )
+            _stop_with_parent(parent, stop)
+            run_trials(run, config, task, stop=stop)
         if stop.is_set():
             sys.exit(130)
     except KeyboardInterrupt:  # a second SIGTERM
         sys.exit(130)
     except LrsearchError as error:
-        print(f"lrsearch: error: worker: {error}", file=sys.stderr)
+        print(f"lrsearch: error: worker {os.getpid()}: {error}", file=sys.stderr)
         sys.exit(2)
+    except Exception as error:  # a bug, or a model failing outside a trial: say why, in a line
+        print(
+            f"lrsearch: error: worker {os.getpid()} stopped: {type(error).__name__}: "
+            f"{first_line(error)}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+def _stop_with_parent(parent: int, stop: threading.Event) -> None:
+    """Ask this worker to stop once ``parent`` is gone (its trials then fail at the next epoch
+    and the next run retries them); end it outright if it has not stopped STOP_SECONDS later."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        stop.set()
+        time.sleep(STOP_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lrsearch-parent-watch", daemon=True).start()

@@ -13,8 +13,8 @@ from digits_study import digits_study
 from lrsearch import load_results, suggest_schedule
 from lrsearch.baselines import ARTICLE_BASELINES, BASELINE_ATTR, baselines_for, enqueue_baselines
 from lrsearch.export import export_study
+from lrsearch.runner import run_study
 from lrsearch.space import default_space, params_for, space_from_table
-from lrsearch.study import run_study
 
 
 def test_there_is_one_baseline_per_article_schedule_named_in_the_issue() -> None:

@@ -15,7 +15,7 @@ from lrsearch import LrsearchError, load_schedule
 from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
 from lrsearch.confirm import CONFIRM_SUFFIX, confirm, save_best_confirmed, spearman
-from lrsearch.study import run_study
+from lrsearch.runner import run_study
 
 
 def test_spearman_on_hand_made_examples() -> None:

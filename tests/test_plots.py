@@ -11,7 +11,7 @@ import pytest
 from lrsearch.cli import main
 from lrsearch.config import study_from_table
 from lrsearch.plots import CURVE_PIXELS, PLOT_DPI, PLOT_SIZE
-from lrsearch.study import run_study
+from lrsearch.runner import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 

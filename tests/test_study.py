@@ -6,6 +6,7 @@ import dataclasses
 import io
 import math
 import re
+import threading
 from pathlib import Path
 
 import optuna
@@ -15,15 +16,11 @@ from digits_study import digits_study as study_on_digits
 
 from lrsearch import LrsearchError, Schedule
 from lrsearch.config import StudyConfig, TaskConfig
+from lrsearch.runner import run_study, run_trials, start_run
 from lrsearch.space import space_from_table
-from lrsearch.study import (
-    open_study,
-    optimize,
-    redact,
-    run_study,
-    start_run,
-    study_definition,
-)
+from lrsearch.stats import unpack_correct
+from lrsearch.storage import redact
+from lrsearch.study import load_study_task, open_study, study_definition
 from lrsearch.training import TrainConfig
 
 ATTRS = {
@@ -38,11 +35,25 @@ ATTRS = {
     "optimizer",
     "device",
     "precision",
-    "seed",
+    "seeds",
     "split_seed",
+    "population",
+    "population_path",
+    "host",
+    "pid",
     "train_seconds",
     "val_accuracy",
+    "val_accuracy_se",
+    "val_accuracy_per_seed",
+    "val_examples",
+    "val_correct",
+    "val_loss",
+    "epoch_val_loss",
+    "epoch_train_loss",
     "test_accuracy",
+    "test_accuracy_se",
+    "test_accuracy_per_seed",
+    "test_examples",
     "diverged",
 }
 
@@ -64,7 +75,12 @@ def test_trials_record_their_schedule_and_results(tmp_path: Path) -> None:
         assert set(trial.user_attrs) >= ATTRS
         assert trial.value == trial.user_attrs["val_accuracy"]
         assert sorted(trial.intermediate_values) == [1, 2]
-        assert trial.user_attrs["seed"] == config.seed + trial.number
+        assert trial.user_attrs["seeds"] == [config.seed]  # every trial: the same seeds
+        assert trial.user_attrs["population"] == 3  # one population of all three
+        assert trial.user_attrs["val_examples"] == len(
+            unpack_correct(trial.user_attrs["val_correct"][0], trial.user_attrs["val_examples"])
+        )
+        assert len(trial.user_attrs["epoch_train_loss"]) == 2
         schedule = Schedule.from_dict(trial.user_attrs["schedule"])
         assert schedule.family == trial.params["family"] == trial.user_attrs["family"]
         assert trial.user_attrs["steps"] == 2 * trial.user_attrs["steps_per_epoch"]
@@ -168,6 +184,7 @@ def test_a_storage_failing_during_the_run_is_one_line(
 ) -> None:
     """The database going away mid-study: every later storage call raises, as SQLAlchemy does."""
     config = digits_study(tmp_path)
+    task = load_study_task(config)
     run = start_run(config, io.StringIO(), None)
 
     def gone(*_args: object, **_kwargs: object) -> None:
@@ -175,6 +192,6 @@ def test_a_storage_failing_during_the_run_is_one_line(
 
     monkeypatch.setattr(run.study._storage, "create_new_trial", gone)
     with pytest.raises(LrsearchError) as error:
-        optimize(run, lambda trial: 0.0, timeout=None)
+        run_trials(run, config, task, stop=threading.Event())
     assert str(error.value).startswith(f"storage sqlite:///{tmp_path / 'study.db'} failed")
     assert "disk I/O error" in str(error.value) and "\n" not in str(error.value)

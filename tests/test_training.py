@@ -3,8 +3,11 @@ per-epoch reports, device and config errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,11 +17,13 @@ from lrsearch.idx import learnable_splits
 from lrsearch.schedules import Constant, Cosine
 from lrsearch.tasks import Task, TaskSource, lenet, prepare_task
 from lrsearch.training import (
+    EpochMetrics,
+    Member,
     TrainConfig,
     TrainResult,
-    make_optimizer,
     resolve_device,
     train,
+    train_population,
     uses_bf16,
 )
 
@@ -41,11 +46,26 @@ def task() -> Task:
     )
 
 
+def torch_optimizer(
+    params: Iterator[torch.nn.Parameter], lr: float, config: TrainConfig
+) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+    optimizer = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return optimizer(params, lr=lr, weight_decay=config.weight_decay)
+
+
 def reference_losses(task: Task, schedule: Cosine, config: TrainConfig) -> list[float]:
-    """The loop written the plain way: same seed, init, order and normalization."""
+    """The loop written the plain way with torch.optim: same seed, init, order, normalization."""
     torch.manual_seed(SEED)
     model = task.build_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=config.momentum)
+    optimizer = torch_optimizer(model.parameters(), schedule.lr, config)
     per_epoch = len(task.train_labels) // config.batch_size
     total = config.epochs * per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -77,9 +97,29 @@ def run(
     return result, losses
 
 
-def test_loss_trajectory_matches_a_plain_reference_loop(task: Task) -> None:
-    schedule = Cosine(lr=0.05, warmup=0.1)
-    config = TrainConfig(epochs=3, batch_size=32, bf16=False)
+OPTIMIZERS = [
+    TrainConfig(epochs=2, batch_size=32, optimizer="sgd", momentum=0.9),
+    TrainConfig(
+        epochs=2, batch_size=32, optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4
+    ),
+    TrainConfig(epochs=2, batch_size=32, optimizer="sgd", momentum=0.0, weight_decay=1e-3),
+    TrainConfig(epochs=2, batch_size=32, optimizer="adam", weight_decay=1e-4),
+    TrainConfig(epochs=2, batch_size=32, optimizer="adamw", weight_decay=1e-2),
+]
+
+
+def peak(config: TrainConfig) -> float:
+    """Adam's steps are lr-sized: it trains stably at a tenth of SGD's peak."""
+    return 0.05 if config.optimizer == "sgd" else 0.005
+
+
+@pytest.mark.parametrize("config", OPTIMIZERS, ids=lambda c: f"{c.optimizer}-{c.nesterov}")
+def test_loss_trajectory_matches_torch_optim_in_a_plain_loop(
+    task: Task, config: TrainConfig
+) -> None:
+    """A population of one computes torch.optim's own update, for every optimizer."""
+    schedule = Cosine(lr=peak(config), warmup=0.1)
+    config = dataclasses.replace(config, epochs=3, bf16=False)
     _, losses = run(task, schedule, config)
     expected = reference_losses(task, schedule, config)
     assert len(losses) == len(expected) == 3 * (384 // 32)
@@ -154,17 +194,84 @@ def test_report_is_called_once_per_epoch(task: Task) -> None:
     assert result.epochs == 3 and result.steps == 3 * (384 // 64)
 
 
-def test_a_tensor_lr_is_filled_in_place_by_the_schedule() -> None:
-    """What a compiled step relies on: the LR tensor it captured sees every new value."""
-    schedule = Cosine(lr=0.1)
-    lr = torch.tensor(schedule.lr)
-    optimizer = make_optimizer(torch.nn.Linear(2, 2).parameters(), lr, TrainConfig())
-    scheduler = schedule.torch_scheduler(optimizer, 10)
-    for step in range(1, 6):
-        optimizer.step()
-        scheduler.step()
-        assert optimizer.param_groups[0]["lr"] is lr
-        assert lr.item() == pytest.approx(schedule(step, 10))
+MEMBERS = [Member(Cosine(lr=0.02), 1), Member(Constant(lr=0.005), 2), Member(Cosine(lr=0.01), 1)]
+
+
+def members_for(config: TrainConfig) -> list[Member]:
+    scale = peak(config) / 0.05
+    return [
+        Member(dataclasses.replace(m.schedule, lr=m.schedule.lr * scale), m.seed) for m in MEMBERS
+    ]
+
+
+def population_losses(
+    task: Task, members: list[Member], config: TrainConfig
+) -> tuple[tuple[TrainResult, ...], list[list[float]]]:
+    losses: list[list[float]] = []
+    result = train_population(
+        task, members, config, data_seed=7, on_loss=lambda step: losses.append(step.tolist())
+    )
+    return result.members, losses
+
+
+@pytest.mark.parametrize("config", OPTIMIZERS, ids=lambda c: f"{c.optimizer}-{c.nesterov}")
+def test_a_population_trains_each_member_as_it_would_alone(task: Task, config: TrainConfig) -> None:
+    """Same seeds, same batches: member k of a population follows its lone run's trajectory."""
+    members = members_for(config)
+    together, losses = population_losses(task, members, config)
+    for k, member in enumerate(members):
+        (alone,), lone_losses = population_losses(task, [member], config)
+        assert [step[k] for step in losses] == pytest.approx(
+            [step[0] for step in lone_losses], rel=1e-4, abs=1e-5
+        )
+        assert together[k].val_accuracy == alone.val_accuracy
+        assert together[k].test_accuracy == alone.test_accuracy
+
+
+def test_a_diverging_member_fails_alone(task: Task) -> None:
+    """Its NaN stays in its own rows: the others end exactly as without it."""
+    config = TrainConfig(epochs=2, batch_size=32)
+    absurd = Member(Constant(lr=1e6), 5)
+    with_it, _ = population_losses(task, [MEMBERS[0], absurd, MEMBERS[1]], config)
+    without, _ = population_losses(task, [MEMBERS[0], MEMBERS[1]], config)
+    assert with_it[1].diverged_step is not None and "loss" in (with_it[1].diverged_reason or "")
+    assert math.isnan(with_it[1].test_accuracy)
+    for mine, theirs in zip((with_it[0], with_it[2]), without, strict=True):
+        assert mine.diverged_step is None
+        assert mine.val_accuracy == theirs.val_accuracy
+        assert mine.epoch_val_loss == pytest.approx(theirs.epoch_val_loss, rel=1e-5)
+        np.testing.assert_array_equal(mine.val_correct, theirs.val_correct)
+
+
+def test_a_stopped_member_keeps_its_results_and_the_others_go_on(task: Task) -> None:
+    seen: list[EpochMetrics] = []
+
+    def stop_first_after_epoch_one(metrics: EpochMetrics) -> list[int]:
+        seen.append(metrics)
+        return [0] if metrics.epoch == 1 else []
+
+    config = TrainConfig(epochs=3, batch_size=64)
+    result = train_population(
+        task, MEMBERS[:2], config, data_seed=0, on_epoch=stop_first_after_epoch_one
+    )
+    stopped, other = result.members
+    assert [m.training for m in seen] == [(True, True), (False, True), (False, True)]
+    assert stopped.stopped_epoch == 1 and stopped.epochs == 1 and len(stopped.epoch_val_loss) == 1
+    assert math.isnan(stopped.test_accuracy)
+    assert other.epochs == 3 and other.stopped_epoch is None
+    assert len(other.epoch_train_loss) == 3 and not math.isnan(other.test_accuracy)
+    assert result.path == "stacked"
+
+
+def test_each_member_records_per_example_correctness_and_losses(task: Task) -> None:
+    (result,) = train_population(
+        task, MEMBERS[:1], TrainConfig(epochs=2, batch_size=64), data_seed=0
+    ).members
+    assert result.val_correct.shape == (len(task.val_labels),)
+    assert result.val_correct.mean() == result.val_accuracy
+    assert result.test_correct.mean() == result.test_accuracy
+    assert len(result.epoch_val_loss) == len(result.epoch_train_loss) == 2
+    assert result.val_loss == result.epoch_val_loss[-1] > 0
 
 
 @pytest.mark.parametrize("name", ["cuda:7", "tpu", "garbage!", "meta"])

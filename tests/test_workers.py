@@ -18,8 +18,12 @@ import pytest
 import torch
 from digits_study import DIGITS_STUDY_FILE, digits_study
 
-from lrsearch import study as study_module
-from lrsearch.study import RETRY_ATTR, fail_dead_trials, open_study, run_study
+from lrsearch import runner as runner_module
+from lrsearch import storage as storage_module
+from lrsearch.runner import run_study
+from lrsearch.storage import RETRY_ATTR, fail_dead_trials
+from lrsearch.study import open_study
+from lrsearch.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 State = optuna.trial.TrialState
@@ -116,7 +120,7 @@ def test_a_trial_that_runs_out_of_memory_fails_with_its_reason_and_the_study_goe
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    train = study_module.train
+    train = runner_module.train_population
 
     def second_runs_out_of_memory(*args: object, **kwargs: object) -> object:
         calls.append(1)
@@ -124,8 +128,9 @@ def test_a_trial_that_runs_out_of_memory_fails_with_its_reason_and_the_study_goe
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return train(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(study_module, "train", second_runs_out_of_memory)
-    report = run_study(digits_study(tmp_path / "oom.db"), out=open(os.devnull, "w"))  # noqa: SIM115
+    monkeypatch.setattr(runner_module, "train_population", second_runs_out_of_memory)
+    config = digits_study(tmp_path / "oom.db", training=TrainConfig(epochs=1, population=1))
+    report = run_study(config, out=open(os.devnull, "w"))  # noqa: SIM115
     assert [t.state for t in report.trials] == [State.COMPLETE, State.FAIL, State.COMPLETE]
     assert report.trials[1].user_attrs["error"] == (
         "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -156,8 +161,8 @@ def test_a_trial_whose_heartbeat_stops_is_failed_and_retried_by_the_next_trial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What catches a worker lost on another machine: Optuna's heartbeat, wired to the retry."""
-    monkeypatch.setattr(study_module, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(study_module, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(storage_module, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(storage_module, "GRACE_SECONDS", 1)
     study = open_study(digits_study(tmp_path / "hb.db"), f"sqlite:///{tmp_path / 'hb.db'}")
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)

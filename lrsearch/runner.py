@@ -1,0 +1,478 @@
+"""Running a study: ask Optuna for K trials at once, train them as one population, tell each.
+
+A population's trials are asked in a row (TPE's constant liar spreads them apart), trained in
+lockstep on one device with the study's seeds (lrsearch.training), and told one by one when
+it ends. Each trial records everything needed to understand it later as user attributes: the
+schedule as its JSON dict, its accuracies with their standard errors, each seed's figures and
+per-example correctness, so optuna-dashboard, the exporter and ``lrsearch best`` read results
+from the storage alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, TextIO
+
+import optuna
+import torch
+from tqdm import tqdm
+
+from lrsearch.baselines import BASELINE_ATTR, enqueue_baselines
+from lrsearch.config import StudyConfig, default_storage
+from lrsearch.errors import LrsearchError
+from lrsearch.schedules import Schedule
+from lrsearch.space import suggest_schedule
+from lrsearch.stats import mean_se, pack_correct
+from lrsearch.storage import (
+    STORAGE_ERRORS,
+    fail_dead_trials,
+    first_line,
+    heartbeat,
+    redact,
+)
+from lrsearch.study import (
+    best_trial,
+    dashboard_command,
+    default_artifact_dir,
+    load_study_task,
+    open_study,
+    quiet_optuna,
+    training_seeds,
+)
+from lrsearch.tasks import Task
+from lrsearch.training import (
+    EpochMetrics,
+    Member,
+    TrainResult,
+    population_size,
+    steps_per_epoch,
+    train_population,
+    uses_bf16,
+)
+
+__all__ = [
+    "Interrupted",
+    "Progress",
+    "Run",
+    "StudyReport",
+    "TrialError",
+    "run_study",
+    "run_trials",
+    "start_run",
+    "stop_requests",
+]
+
+
+class TrialError(Exception):
+    """The task failed in one trial (out of memory, a bug in a model): that trial fails, the
+    study goes on, and the reason is the trial's ``error`` user attribute."""
+
+
+class Interrupted(Exception):
+    """A stop was requested: the trial fails at its next epoch boundary and the run ends."""
+
+
+@contextlib.contextmanager
+def stop_requests(signals: tuple[signal.Signals, ...]) -> Iterator[threading.Event]:
+    """The first of ``signals`` asks the run to stop at the next epoch boundary; a second one
+    interrupts at once.
+
+    Raising KeyboardInterrupt wherever the signal lands could cut a storage commit in half;
+    a flag read between epochs fails the trial through Optuna's normal path instead."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # only the main thread may install handlers; the caller's stay
+        return
+
+    def request(_signal: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {number: signal.signal(number, request) for number in signals}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    study_name: str
+    storage: str  # password redacted
+    trials_run: int
+    trials: list[optuna.trial.FrozenTrial]  # all of the study's, this run's and earlier
+    artifact_dir: Path
+
+    @property
+    def best(self) -> optuna.trial.FrozenTrial | None:
+        return best_trial(self.trials)
+
+    @property
+    def best_searched(self) -> optuna.trial.FrozenTrial | None:
+        return best_trial(self.trials, baseline=False)
+
+    @property
+    def best_baseline(self) -> optuna.trial.FrozenTrial | None:
+        return best_trial(self.trials, baseline=True)
+
+    def lines(self) -> list[str]:
+        """The end-of-run summary, one fact per line."""
+        rows = [
+            ("study", self.study_name),
+            ("storage", self.storage),
+            ("trials this run", str(self.trials_run)),
+        ]
+        if self.best is None:
+            rows.append(("best", "no trial has completed yet"))
+        else:
+            attrs = self.best.user_attrs
+            rows += [
+                ("best trial", str(self.best.number)),
+                ("schedule", Schedule.from_dict(attrs["schedule"]).describe()),
+                ("val accuracy", f"{attrs['val_accuracy']:.4f}"),
+                ("test accuracy", f"{attrs['test_accuracy']:.4f}"),
+            ]
+        searched, baseline = self.best_searched, self.best_baseline
+        if searched is not None and baseline is not None:
+            rows.append(("searched vs baseline", _versus(searched, baseline)))
+        rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
+        width = max(len(key) for key, _ in rows)
+        return [f"{key:<{width}}  {value}" for key, value in rows]
+
+
+@dataclass(frozen=True)
+class Run:
+    """An open study about to get this run's trials, from one process or from several."""
+
+    study: optuna.Study
+    storage: str
+    artifact_dir: Path
+    n_trials: int  # this run's trials, queued baselines included
+    before: int  # trials the study had when the run started
+
+    def report(self) -> StudyReport:
+        return StudyReport(
+            self.study.study_name,
+            redact(self.storage),
+            len(self.study.trials) - self.before,
+            self.study.get_trials(deepcopy=False),
+            self.artifact_dir,
+        )
+
+
+class Progress:
+    """On a terminal, a bar whose postfix shows the best so far; in a log file, one line per
+    finished trial (a bar there is one long line of carriage returns)."""
+
+    def __init__(self, total: int, out: TextIO, trials: Sequence[optuna.trial.FrozenTrial]) -> None:
+        self.out = out
+        self.best = best_trial(trials)
+        self.bar: tqdm | None = None
+        if out.isatty():
+            self.bar = tqdm(total=total, desc="trials", unit="trial", file=out, dynamic_ncols=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def status(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def trial_done(self, trial: optuna.trial.FrozenTrial) -> None:
+        self.best = best_trial([t for t in (self.best, trial) if t is not None])
+        best = (
+            "none yet" if self.best is None else f"{self.best.value:.4f} (trial {self.best.number})"
+        )
+        if self.bar is not None:
+            self.bar.update()
+            self.bar.set_postfix_str(f"best {best}")
+            if "error" in trial.user_attrs:
+                self.bar.write(f"trial {trial.number} failed: {trial.user_attrs['error']}")
+            return
+        print(f"trial {trial.number} {_outcome(trial)}  best {best}", file=self.out, flush=True)
+
+
+def _outcome(trial: optuna.trial.FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    family = attrs.get("family", "?")
+    seconds = attrs.get("train_seconds")
+    took = "" if seconds is None else f"  {seconds:.1f} s"
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return f"{family} failed: {attrs.get('error', 'its process was lost')}"
+    if attrs.get("diverged"):
+        return f"{family} diverged at step {attrs.get('diverged_step')}{took}"
+    if trial.state == optuna.trial.TrialState.PRUNED:
+        return f"{family} pruned at epoch {attrs.get('pruned_epoch')}{took}"
+    return f"{family} val {trial.value:.4f}{took}"
+
+
+def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Run:
+    """Open the storage, fail the trials of dead processes, say where to watch, and queue
+    the baselines (once per study, on top of the searched trials)."""
+    storage = config.storage or default_storage(config.name)
+    quiet_optuna()
+    study = open_study(config, storage)
+    artifact_dir = artifact_dir or default_artifact_dir(storage, config.name)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    print(f"study {config.name!r} in {redact(storage)}", file=out)
+    print(f"watch it live: {dashboard_command(redact(storage), artifact_dir)}", file=out)
+    for trial in fail_dead_trials(study):
+        print(f"trial {trial.number} had lost its process; failed it and queued it again", file=out)
+    before = len(study.trials)
+    if before:
+        best = best_trial(study.get_trials(deepcopy=False))
+        print(
+            f"resuming study {config.name!r}: {before} trials, best "
+            + ("none yet" if best is None else f"{best.value:.4f} (trial {best.number})"),
+            file=out,
+        )
+    queued = enqueue_baselines(study, config.space, out) if config.baselines else []
+    if queued:
+        print(f"baselines first: {', '.join(queued)}", file=out)
+    return Run(study, storage, artifact_dir, config.n_trials + len(queued), before)
+
+
+def run_study(
+    config: StudyConfig, *, out: TextIO | None = None, artifact_dir: Path | None = None
+) -> StudyReport:
+    """Load the task, open the storage, run ``config.n_trials`` trials, summarise."""
+    out = out or sys.stderr
+    task = load_study_task(config)
+    run = start_run(config, out, artifact_dir)
+    with (
+        Progress(run.n_trials, out, run.study.get_trials(deepcopy=False)) as progress,
+        stop_requests((signal.SIGINT,)) as stop,
+    ):
+        run_trials(run, config, task, stop=stop, progress=progress)
+    if stop.is_set():
+        raise KeyboardInterrupt
+    return run.report()
+
+
+def run_trials(
+    run: Run,
+    config: StudyConfig,
+    task: Task,
+    *,
+    stop: threading.Event,
+    progress: Progress | None = None,
+) -> None:
+    """``run.n_trials`` trials, a population at a time, until done, timed out or stopped.
+
+    A storage that fails mid-run ends the run with one line; the trials it left RUNNING
+    belong to this process, so the next run fails and re-queues them."""
+    artifacts = optuna.artifacts.FileSystemArtifactStore(run.artifact_dir)
+    size = population_size(config.training.population, task.train_labels.device)
+    deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    done = 0
+    try:
+        seeds = training_seeds(run.study)
+        while done < run.n_trials and not stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            fail_dead_trials(run.study)
+            trials = [run.study.ask() for _ in range(min(size, run.n_trials - done))]
+            for trial in trials:  # first, so a process that dies now leaves a pid to check
+                trial.set_user_attr("host", socket.gethostname())
+                trial.set_user_attr("pid", os.getpid())
+            with heartbeat(run.study, trials):
+                finished = _run_population(config, task, trials, seeds, artifacts, stop, progress)
+            done += len(trials)
+            if progress is not None:
+                for frozen in finished:
+                    progress.trial_done(frozen)
+    except STORAGE_ERRORS as error:
+        raise LrsearchError(
+            f"storage {redact(run.storage)} failed during the run: {redact(first_line(error))}; "
+            "completed trials are kept, and the next run fails and re-queues the unfinished ones"
+        ) from None
+
+
+def _run_population(
+    config: StudyConfig,
+    task: Task,
+    trials: list[optuna.Trial],
+    seeds: list[int],
+    artifacts: optuna.artifacts.FileSystemArtifactStore,
+    stop: threading.Event,
+    progress: Progress | None,
+) -> list[optuna.trial.FrozenTrial]:
+    """Sample each trial's schedule, train them all with every seed, record and tell each."""
+    training = config.training
+    per_epoch = steps_per_epoch(task, training)
+    device = task.train_labels.device
+    schedules = [suggest_schedule(trial, config.space) for trial in trials]
+    for trial, schedule in zip(trials, schedules, strict=True):
+        for key, value in {
+            "schedule": schedule.to_dict(),
+            "family": schedule.family,
+            "task": task.name,
+            "model": task.model_name,
+            "epochs": training.epochs,
+            "steps_per_epoch": per_epoch,
+            "steps": training.epochs * per_epoch,
+            "batch_size": training.batch_size,
+            "optimizer": training.optimizer,
+            "device": str(device),
+            "precision": "bf16" if uses_bf16(training.bf16, device) else "fp32",
+            "seeds": seeds,
+            "population": len(trials),
+            "split_seed": config.task.split_seed,
+        }.items():
+            trial.set_user_attr(key, value)
+        _attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
+    width = len(seeds)
+    stopped: set[int] = set()  # trials pruned or with a diverged seed
+
+    def on_epoch(metrics: EpochMetrics) -> list[int]:
+        if stop.is_set():
+            raise Interrupted("interrupted")
+        members: list[int] = []
+        for index, trial in enumerate(trials):
+            if index in stopped:
+                continue
+            mine = range(index * width, (index + 1) * width)
+            if not all(metrics.training[k] for k in mine):  # a seed diverged: the trial did
+                stopped.add(index)
+                members += mine
+                continue
+            value = statistics.mean(metrics.val_accuracy[k] for k in mine)
+            trial.report(value, metrics.epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_epoch", metrics.epoch)
+                stopped.add(index)
+                members += mine
+        if progress is not None:
+            progress.status(f"population of {len(trials)}: epoch {metrics.epoch}/{training.epochs}")
+        return members
+
+    population = [Member(schedule, seed) for schedule in schedules for seed in seeds]
+    try:
+        result = train_population(task, population, training, data_seed=seeds[0], on_epoch=on_epoch)
+    except Interrupted:
+        for trial in trials:
+            trial.set_user_attr("error", "interrupted")
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except (LrsearchError, *STORAGE_ERRORS):
+        raise
+    except Exception as error:
+        reason = f"{type(error).__name__}: {first_line(error)}"
+        if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # so the next population on this device starts with room
+        failed = []
+        for trial in trials:
+            trial.set_user_attr("error", reason)
+            failed.append(trial.study.tell(trial, state=optuna.trial.TrialState.FAIL))
+        return failed
+    finished = []
+    for index, trial in enumerate(trials):
+        mine = result.members[index * width : (index + 1) * width]
+        state, value = _record(trial, mine, task, result.seconds / len(trials), result.path)
+        finished.append(trial.study.tell(trial, value, state=state))
+    return finished
+
+
+def _record(
+    trial: optuna.Trial,
+    runs: Sequence[TrainResult],
+    task: Task,
+    seconds: float,
+    path: str,
+) -> tuple[optuna.trial.TrialState, float | None]:
+    """Write one trial's results over its seeds; return the state and value to tell."""
+    val = [run.val_accuracy for run in runs]
+    test = [run.test_accuracy for run in runs]
+    val_examples, test_examples = len(task.val_labels), len(task.test_labels)
+    diverged = next((run for run in runs if run.diverged_step is not None), None)
+    epochs = min(len(run.epoch_val_loss) for run in runs)
+    attrs: dict[str, Any] = {
+        "train_seconds": seconds,  # this trial's share of its population's training time
+        "population_path": path,
+        "val_accuracy": statistics.mean(val),
+        "val_accuracy_se": mean_se(val, val_examples),
+        "test_accuracy": None if any(math.isnan(t) for t in test) else statistics.mean(test),
+        "test_accuracy_se": None
+        if any(math.isnan(t) for t in test)
+        else mean_se(test, test_examples),
+        "val_accuracy_per_seed": val,
+        "test_accuracy_per_seed": [None if math.isnan(t) else t for t in test],
+        "val_examples": val_examples,
+        "test_examples": test_examples,
+        "val_correct": [pack_correct(run.val_correct) for run in runs],
+        "val_loss": _finite_mean([run.val_loss for run in runs]),
+        "epoch_val_loss": [
+            _finite_mean([r.epoch_val_loss[e] for r in runs]) for e in range(epochs)
+        ],
+        "epoch_train_loss": [
+            _finite_mean([r.epoch_train_loss[e] for r in runs]) for e in range(epochs)
+        ],
+        "diverged": diverged is not None,
+    }
+    if diverged is not None:
+        attrs["diverged_step"] = diverged.diverged_step
+        attrs["diverged_reason"] = diverged.diverged_reason
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    if diverged is not None or any(run.stopped_epoch is not None for run in runs):
+        return optuna.trial.TrialState.PRUNED, None
+    return optuna.trial.TrialState.COMPLETE, attrs["val_accuracy"]
+
+
+def _finite_mean(values: Sequence[float]) -> float | None:
+    """The storage keeps JSON, which has no NaN: an undefined mean is None."""
+    mean = statistics.mean(values) if values else math.nan
+    return mean if math.isfinite(mean) else None
+
+
+def _attach_lr_curve(
+    trial: optuna.Trial,
+    schedule: Schedule,
+    steps: int,
+    artifacts: optuna.artifacts.FileSystemArtifactStore,
+) -> None:
+    from lrsearch.plots import save_lr_curve  # imports this module; and matplotlib is heavy
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"lr_curve_trial_{trial.number}.png"
+        save_lr_curve(schedule, steps, path)
+        optuna.artifacts.upload_artifact(
+            artifact_store=artifacts,
+            file_path=str(path),
+            study_or_trial=trial,
+            mimetype="image/png",
+        )
+
+
+def _versus(searched: optuna.trial.FrozenTrial, baseline: optuna.trial.FrozenTrial) -> str:
+    """How far the best searched schedule is ahead of the best baseline, in accuracy points."""
+    val = 100 * (searched.user_attrs["val_accuracy"] - baseline.user_attrs["val_accuracy"])
+    test = 100 * (searched.user_attrs["test_accuracy"] - baseline.user_attrs["test_accuracy"])
+    return (
+        f"best searched vs best baseline ({baseline.user_attrs[BASELINE_ATTR]}): "
+        f"{val:+.2f} points val accuracy (test: {test:+.2f})"
+    )
