@@ -112,13 +112,16 @@ class Comparison:
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """McNemar's exact test: the two-sided binomial p-value of the discordant pairs.
 
-    Exact integer arithmetic (``math.comb``), so 10,000 discordant pairs neither
+    Exact integer arithmetic, so 10,000 discordant pairs neither
     overflow nor lose the tail; scipy is not needed for one binomial tail.
     """
     n = only_a + only_b
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    term = tail = 1  # comb(n, 0), then each comb(n, k) from the one before
+    for k in range(min(only_a, only_b)):
+        term = term * (n - k) // (k + 1)
+        tail += term
     return min(1.0, 2 * tail / 2**n)
 
 
