@@ -122,7 +122,7 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     for k in range(min(only_a, only_b)):
         term = term * (n - k) // (k + 1)
         tail += term
-    return min(1.0, 2 * tail / 2**n)
+    return min(1.0, 2 * tail / (1 << n))
 
 
 def paired_bootstrap(
