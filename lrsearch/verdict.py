@@ -33,6 +33,7 @@ __all__ = [
     "CONFIRM_SEEDS",
     "CONFIRM_TOP",
     "Versus",
+    "trial_family",
     "trial_label",
     "trial_scores",
     "verdict_rows",
@@ -60,6 +61,16 @@ def trial_scores(trial: optuna.trial.FrozenTrial) -> Scores:
         else None
     )
     return Scores(accuracy, per_seed, examples, se, correct)
+
+
+def trial_family(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The schedule family: recorded on the trial, else read from its schedule (the confirm
+    trials of older versions carry only the schedule)."""
+    family = trial.user_attrs.get("family")
+    schedule = trial.user_attrs.get("schedule")
+    if family is None and isinstance(schedule, dict):
+        family = schedule.get("family")
+    return None if family is None else str(family)
 
 
 def trial_label(trial: optuna.trial.FrozenTrial) -> str:
