@@ -11,6 +11,7 @@ recorded fall back to what they carry (see :mod:`lrsearch.stats`).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "CONFIRM_SEEDS",
     "CONFIRM_TOP",
     "Versus",
+    "run_scores",
     "trial_family",
     "trial_label",
     "trial_scores",
@@ -47,20 +49,42 @@ CONFIRM_SEEDS = 3
 
 def trial_scores(trial: optuna.trial.FrozenTrial) -> Scores:
     """A trial's validation results from its user attributes, old trials included."""
-    attrs = trial.user_attrs
-    accuracy = float(
-        attrs.get("val_accuracy", trial.value if trial.value is not None else math.nan)
+    return run_scores([trial])
+
+
+def run_scores(runs: Sequence[optuna.trial.FrozenTrial], split: str = "val") -> Scores:
+    """The results of one schedule's runs on ``split`` ("val" or "test"), seeds in run order.
+
+    One run's standard error is the one it recorded (binomial over its examples,
+    or combined over its seeds), else binomial from its example count; over several
+    runs it is the spread of the seeds. Old runs lack everything but the accuracy.
+    """
+    per_seed = tuple(
+        _accuracy(value)
+        for run in runs
+        for value in run.user_attrs.get(
+            f"{split}_accuracy_per_seed", [run.user_attrs.get(f"{split}_accuracy")]
+        )
     )
-    per_seed = tuple(float(v) for v in attrs.get("val_accuracy_per_seed", [accuracy]))
-    examples = int(attrs.get("val_examples", 0))
-    se = float(attrs.get("val_accuracy_se", binomial_se(accuracy, examples)))
-    packed = attrs.get("val_correct")
+    finite = [v for v in per_seed if math.isfinite(v)]
+    accuracy = statistics.mean(finite) if finite else math.nan
+    examples = int(runs[0].user_attrs.get(f"{split}_examples", 0)) if runs else 0
+    if len(runs) == 1:
+        recorded = runs[0].user_attrs.get(f"{split}_accuracy_se")
+        se = binomial_se(accuracy, examples) if recorded is None else float(recorded)
+    else:
+        se = statistics.stdev(finite) / math.sqrt(len(finite)) if len(finite) > 1 else math.nan
+    packed: list[Any] = [run.user_attrs.get(f"{split}_correct") for run in runs]
     correct = (
-        np.stack([unpack_correct(text, examples) for text in packed])
-        if examples and isinstance(packed, list) and packed
+        np.stack([unpack_correct(text, examples) for bits in packed for text in bits])
+        if examples and packed and all(isinstance(bits, list) and bits for bits in packed)
         else None
     )
     return Scores(accuracy, per_seed, examples, se, correct)
+
+
+def _accuracy(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def trial_family(trial: optuna.trial.FrozenTrial) -> str | None:
