@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
             results.add_argument(
                 "--top", type=int, default=5, help="LR curves of the K best trials"
             )
+            results.add_argument(
+                "--log-lr", action="store_true", help="draw the LR curves on a log scale"
+            )
     from lrsearch import bench
 
     bench.add_arguments(
@@ -210,7 +213,9 @@ def _results(args: argparse.Namespace) -> int:
     elif args.command == "plot":
         if args.top < 1:
             raise LrsearchError(f"--top {args.top} is not allowed; it must be >= 1")
-        written = plot_study(args.storage, args.study_name, args.out, top=args.top)
+        written = plot_study(
+            args.storage, args.study_name, args.out, top=args.top, log_lr=args.log_lr
+        )
     elif args.confirmed:
         winner, epochs = save_best_confirmed(args.storage, args.study_name, args.out)
         print(f"confirmed winner: {winner.label} at {epochs} epochs")

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -27,9 +26,17 @@ from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import load_study, storage_url
 from lrsearch.schedules import Schedule
+from lrsearch.stats import (
+    Comparison,
+    Scores,
+    binomial_se,
+    compare_across_seeds,
+    pack_correct,
+)
 from lrsearch.storage import redact
 from lrsearch.study import check_definition, load_study_task, open_study
-from lrsearch.training import steps_per_epoch, train
+from lrsearch.training import Member, population_size, steps_per_epoch, train_population
+from lrsearch.verdict import run_scores
 
 __all__ = [
     "CONFIRM_SUFFIX",
@@ -37,6 +44,7 @@ __all__ = [
     "Confirmed",
     "best_confirmed",
     "confirm",
+    "decision",
     "save_best_confirmed",
     "spearman",
 ]
@@ -55,7 +63,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class Confirmed:
-    """One schedule's record at both lengths."""
+    """One schedule's record at both lengths, and how it stands against the best baseline."""
 
     label: str  # "trial 12" or "baseline cosine-warmup-004"
     trial: int  # the searched trial it comes from
@@ -63,10 +71,17 @@ class Confirmed:
     search_val: float  # validation accuracy at trial length
     val: tuple[float, ...]  # one per seed, at confirm length
     test: tuple[float, ...]
+    scores: Scores  # the validation results the comparisons read
+    test_scores: Scores
+    versus_baseline: Comparison | None = None  # None for the baseline itself, or without one
 
     @property
     def is_baseline(self) -> bool:
         return self.label.startswith("baseline")
+
+    @property
+    def val_mean(self) -> float:
+        return self.scores.accuracy
 
 
 @dataclass(frozen=True)
@@ -75,32 +90,97 @@ class ConfirmReport:
     epochs: int
     seeds: int
     rank_correlation: float
+    trial_epochs: int | None = None  # the searched trials' length, where they recorded it
 
     def lines(self) -> list[str]:
-        by_search = sorted(self.rows, key=lambda r: -r.search_val)
-        header = (
-            f"{'schedule':<32} {'trial-length val':>16} {'rank':>4}  "
-            f"{'val mean ± std':>16}  {'test mean ± std':>16} {'rank':>4}"
-        )
-        lines = [f"confirmed at {self.epochs} epochs, {self.seeds} seed(s) each", header]
-        for rank, row in enumerate(self.rows, 1):
+        """The table (each rank beside the value it ranks, ties as ``2=``), then the notes."""
+        search_ranks = _ranks([r.search_val for r in self.rows])
+        confirm_ranks = _ranks([r.val_mean for r in self.rows])
+        columns = [
+            ("schedule", 32),
+            ("search val", 10),
+            ("rank", 5),
+            ("confirm val ± se", 17),
+            ("rank", 5),
+            ("test ± se", 17),
+            ("vs baseline, points [95%]", 26),
+            ("verdict", 0),
+        ]
+        lines = [
+            f"confirmed at {self.epochs} epochs, {self.seeds} seed(s) each; "
+            "± is the standard error of the mean",
+        ]
+        if self.trial_epochs is not None and self.epochs < self.trial_epochs:
             lines.append(
-                f"{row.label:<32} {row.search_val:>16.4f} {by_search.index(row) + 1:>4}  "
-                f"{_spread(row.val):>16}  {_spread(row.test):>16} {rank:>4}"
+                f"note: the confirm runs ({self.epochs} epochs) are shorter than the searched "
+                f"trials ({self.trial_epochs} epochs); allowed, but confirm usually runs longer"
+            )
+        lines.append("  ".join(f"{name:<{width}}" for name, width in columns).rstrip())
+        for row, search_rank, rank in zip(self.rows, search_ranks, confirm_ranks, strict=True):
+            versus = row.versus_baseline
+            cells = [
+                row.label,
+                _value(row.search_val),
+                search_rank,
+                _spread(row.scores),
+                rank,
+                _spread(row.test_scores),
+                "(the baseline)" if row.is_baseline else _interval(versus),
+                "" if versus is None else versus.verdict,
+            ]
+            lines.append(
+                "  ".join(
+                    f"{cell:<{width}}" for cell, (_, width) in zip(cells, columns, strict=True)
+                ).rstrip()
             )
         lines.append(
             "Spearman rank correlation, trial length vs confirm length: "
             f"{self.rank_correlation:.3f}"
         )
+        if self.rows:
+            lines.append(decision(self.rows[0], self.epochs))
         return lines
 
 
-def _spread(values: Sequence[float]) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return "diverged"
-    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return f"{statistics.mean(finite):.4f} ± {std:.4f}"
+def decision(winner: Confirmed, epochs: int) -> str:
+    """Which schedule ``best --confirmed`` writes, and why, in one line."""
+    why = f"the best mean validation accuracy at {epochs} epochs ({winner.val_mean:.4f})"
+    versus = winner.versus_baseline
+    if winner.is_baseline:
+        why += "; the best baseline beat every searched schedule"
+    elif versus is not None:
+        why += f"; against the best baseline it is {versus.verdict}"
+    return f"lrsearch best --confirmed writes {winner.label}: {why}"
+
+
+def _ranks(values: Sequence[float], digits: int = 4) -> list[str]:
+    """Competition ranks, best first; values equal to the printed ``digits`` share a rank."""
+    shown = [round(v, digits) if math.isfinite(v) else -math.inf for v in values]
+    ranks = []
+    for value in shown:
+        rank = 1 + sum(other > value for other in shown)
+        ranks.append(f"{rank}=" if shown.count(value) > 1 else str(rank))
+    return ranks
+
+
+def _value(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "-"
+
+
+def _spread(scores: Scores) -> str:
+    if not math.isfinite(scores.accuracy):
+        return "diverged" if scores.per_seed else "-"
+    se = f" ± {scores.se:.4f}" if math.isfinite(scores.se) else ""
+    return f"{scores.accuracy:.4f}{se}"
+
+
+def _interval(comparison: Comparison | None) -> str:
+    if comparison is None:
+        return "-"
+    c = comparison
+    if not (math.isfinite(c.low) and math.isfinite(c.high)):
+        return f"{100 * c.difference:+.2f}"
+    return f"{100 * c.difference:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
 
 
 def confirm(
@@ -126,13 +206,22 @@ def confirm(
         (t.user_attrs["trial"], t.user_attrs["seed"], t.user_attrs["epochs"])
         for t in record.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     }
-    for label, trial in candidates:
-        schedule = Schedule.from_dict(trial.user_attrs["schedule"])
-        for seed in range(config.seed, config.seed + seeds):
-            if (trial.number, seed, epochs) in done:
-                continue
+    pending = [
+        (label, trial, seed)
+        for label, trial in candidates
+        for seed in range(config.seed, config.seed + seeds)
+        if (trial.number, seed, epochs) not in done
+    ]
+    size = population_size(training.population, task.train_labels.device)
+    for start in range(0, len(pending), size):
+        runs = pending[start : start + size]
+        for label, _trial, seed in runs:
             print(f"confirm {label}: seed {seed}, {epochs} epochs", file=out)
-            result = train(task, schedule, training, seed=seed)
+        members = [Member(_schedule(trial), seed) for _label, trial, seed in runs]
+        result = train_population(task, members, training, data_seed=config.seed)
+        for (label, trial, seed), run in zip(runs, result.members, strict=True):
+            schedule = _schedule(trial)
+            test = None if math.isnan(run.test_accuracy) else run.test_accuracy
             attrs = {
                 "trial": trial.number,
                 "label": label,
@@ -140,13 +229,26 @@ def confirm(
                 "epochs": epochs,
                 "steps": epochs * per_epoch,
                 "schedule": schedule.to_dict(),
-                "val_accuracy": result.val_accuracy,
-                "test_accuracy": None if math.isnan(result.test_accuracy) else result.test_accuracy,
-                "diverged": result.diverged_step is not None,
-                "train_seconds": result.seconds,
+                "family": schedule.family,  # so export and plots group confirm runs too
+                "val_accuracy": run.val_accuracy,
+                "val_accuracy_se": binomial_se(run.val_accuracy, len(task.val_labels)),
+                "val_examples": len(task.val_labels),
+                "val_correct": [pack_correct(run.val_correct)],
+                "test_accuracy": test,
+                "test_accuracy_se": None
+                if test is None
+                else binomial_se(test, len(task.test_labels)),
+                "test_examples": len(task.test_labels),
+                "diverged": run.diverged_step is not None,
+                "train_seconds": result.seconds / len(runs),
+                "population_path": result.path,
             }
-            record.add_trial(optuna.trial.create_trial(value=result.val_accuracy, user_attrs=attrs))
+            record.add_trial(optuna.trial.create_trial(value=run.val_accuracy, user_attrs=attrs))
     return _report(record, candidates, epochs, seeds, config.seed)
+
+
+def _schedule(trial: optuna.trial.FrozenTrial) -> Schedule:
+    return Schedule.from_dict(trial.user_attrs["schedule"])
 
 
 def _candidates(search: optuna.Study, top: int) -> list[tuple[str, optuna.trial.FrozenTrial]]:
@@ -173,15 +275,37 @@ def _confirmed(
     runs: list[optuna.trial.FrozenTrial],
 ) -> Confirmed:
     runs = sorted(runs, key=lambda t: t.user_attrs["seed"])
-    test = [t.user_attrs["test_accuracy"] for t in runs]
+    scores, test = run_scores(runs), run_scores(runs, "test")
     return Confirmed(
         label=label,
         trial=trial,
         schedule=schedule,
         search_val=search_val,
-        val=tuple(t.user_attrs["val_accuracy"] for t in runs),
-        test=tuple(math.nan if value is None else value for value in test),
+        val=scores.per_seed,
+        test=test.per_seed,
+        scores=scores,
+        test_scores=test,
     )
+
+
+def _ranked(rows: Iterable[Confirmed]) -> list[Confirmed]:
+    """Best mean first, each searched schedule compared with the best baseline across seeds."""
+    ranked = sorted(rows, key=lambda row: -_finite_or_worst(row.val_mean))
+    baseline = next((row for row in ranked if row.is_baseline), None)
+    if baseline is None:
+        return ranked
+    return [
+        row
+        if row.is_baseline
+        else dataclasses.replace(
+            row, versus_baseline=compare_across_seeds(row.scores, baseline.scores)
+        )
+        for row in ranked
+    ]
+
+
+def _finite_or_worst(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
 
 
 def _report(
@@ -197,31 +321,33 @@ def _report(
         if t.user_attrs["epochs"] == epochs
         and first_seed <= t.user_attrs["seed"] < first_seed + seeds
     ]
-    rows = sorted(
-        (
-            _confirmed(
-                label,
-                trial.number,
-                Schedule.from_dict(trial.user_attrs["schedule"]),
-                float(trial.value or 0.0),
-                [t for t in runs if t.user_attrs["trial"] == trial.number],
-            )
-            for label, trial in candidates
-        ),
-        key=lambda row: -statistics.mean(row.val),
+    rows = _ranked(
+        _confirmed(
+            label,
+            trial.number,
+            Schedule.from_dict(trial.user_attrs["schedule"]),
+            float(trial.value or 0.0),
+            [t for t in runs if t.user_attrs["trial"] == trial.number],
+        )
+        for label, trial in candidates
     )
     correlation = (
-        spearman([r.search_val for r in rows], [statistics.mean(r.val) for r in rows])
+        spearman([r.search_val for r in rows], [r.val_mean for r in rows])
         if len(rows) > 1
         else math.nan
     )
-    return ConfirmReport(tuple(rows), epochs, seeds, correlation)
+    trial_epochs = max(
+        (int(t.user_attrs["epochs"]) for _, t in candidates if "epochs" in t.user_attrs),
+        default=None,
+    )
+    return ConfirmReport(tuple(rows), epochs, seeds, correlation, trial_epochs)
 
 
 def save_best_confirmed(storage: str | None, study_name: str, path: Path) -> tuple[Confirmed, int]:
     """Write the confirm step's winner as the schedule file production training loads."""
     url = storage_url(storage, study_name)
     winner, epochs = best_confirmed(url, study_name)
+    versus = winner.versus_baseline
     winner.schedule.save(
         path,
         source={
@@ -230,12 +356,19 @@ def save_best_confirmed(storage: str | None, study_name: str, path: Path) -> tup
             "label": winner.label,
             "confirmed_epochs": epochs,
             "seeds": len(winner.val),
-            "val_accuracy_mean": statistics.mean(winner.val),
-            "test_accuracy_mean": statistics.mean(winner.test),
+            "val_accuracy_mean": winner.val_mean,
+            "val_accuracy_se": _json_number(winner.scores.se),
+            "test_accuracy_mean": _json_number(winner.test_scores.accuracy),
+            "versus_baseline": None if versus is None else versus.verdict,
+            "why": decision(winner, epochs),
             "storage": redact(url),
         },
     )
     return winner, epochs
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def best_confirmed(storage: str, study_name: str) -> tuple[Confirmed, int]:
@@ -249,7 +382,7 @@ def best_confirmed(storage: str, study_name: str) -> tuple[Confirmed, int]:
     for t in runs:
         if t.user_attrs["epochs"] == epochs:
             by_trial.setdefault(t.user_attrs["trial"], []).append(t)
-    rows = [
+    rows = _ranked(
         _confirmed(
             mine[0].user_attrs["label"],
             number,
@@ -258,5 +391,5 @@ def best_confirmed(storage: str, study_name: str) -> tuple[Confirmed, int]:
             mine,
         )
         for number, mine in by_trial.items()
-    ]
-    return max(rows, key=lambda row: statistics.mean(row.val)), epochs
+    )
+    return rows[0], epochs

@@ -22,6 +22,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
 from lrsearch.storage import STORAGE_ERRORS, redact, storage_error
 from lrsearch.study import METRIC_NAME, best_trial
+from lrsearch.verdict import trial_family, verdict_summary
 
 __all__ = [
     "export_study",
@@ -37,6 +38,7 @@ __all__ = [
 SCHEDULE_PREFIX = "schedule."
 _LEADING = ["number", "state", "value", "duration", "datetime_start", "datetime_complete"]
 _RESULTS = ["val_accuracy", "test_accuracy", "diverged"]
+_EPOCH_LOSSES = {"val_loss": "epoch_val_loss", "train_loss": "epoch_train_loss"}
 
 
 def storage_url(storage: str | None, study_name: str) -> str:
@@ -118,17 +120,34 @@ def _scalar(value: Any) -> Any:
 
 
 def intermediate_table(study: optuna.Study) -> pd.DataFrame:
-    """Validation accuracy after every epoch of every trial, one row each (long format)."""
+    """Every epoch of every trial, one row each (long format): validation accuracy, and the
+    validation and training losses where the trial recorded them (empty for older ones)."""
     rows = [
-        {"number": trial.number, "epoch": epoch, METRIC_NAME: value}
+        {
+            "number": trial.number,
+            "epoch": epoch,
+            METRIC_NAME: value,
+            **{
+                column: _epoch_value(trial.user_attrs.get(attr), epoch)
+                for column, attr in _EPOCH_LOSSES.items()
+            },
+        }
         for trial in study.get_trials(deepcopy=False)
         for epoch, value in sorted(trial.intermediate_values.items())
     ]
-    return pd.DataFrame(rows, columns=["number", "epoch", METRIC_NAME])
+    return pd.DataFrame(rows, columns=["number", "epoch", METRIC_NAME, *_EPOCH_LOSSES])
+
+
+def _epoch_value(values: Any, epoch: int) -> float | None:
+    """Epochs are reported from 1; the per-epoch lists start at epoch 1."""
+    if isinstance(values, list) and 1 <= epoch <= len(values):
+        return float(values[epoch - 1])
+    return None
 
 
 def summary(study: optuna.Study, storage: str) -> dict[str, Any]:
-    """What a reader wants first: the best schedule, and how many trials ended how."""
+    """What a reader wants first: the best schedule, whether its lead is more than noise
+    (``verdicts``, see lrsearch.verdict), and how many trials ended how."""
     trials = study.get_trials(deepcopy=False)
     searched = best_trial(trials, baseline=False)
     baseline = best_trial(trials, baseline=True)
@@ -142,12 +161,17 @@ def summary(study: optuna.Study, storage: str) -> dict[str, Any]:
         "searched_minus_baseline_points": None
         if searched is None or baseline is None
         else {
-            key: 100 * (searched.user_attrs[key] - baseline.user_attrs[key])
+            key: _difference_points(searched.user_attrs.get(key), baseline.user_attrs.get(key))
             for key in ("val_accuracy", "test_accuracy")
         },
+        "verdicts": verdict_summary(trials),
         "states": dict(Counter(trial.state.name for trial in trials)),
-        "families": dict(Counter(str(trial.user_attrs.get("family")) for trial in trials)),
+        "families": dict(Counter(str(trial_family(trial)) for trial in trials)),
     }
+
+
+def _difference_points(a: Any, b: Any) -> float | None:
+    return None if a is None or b is None else 100 * (a - b)
 
 
 def export_study(storage: str | None, study_name: str, out: Path) -> list[Path]:

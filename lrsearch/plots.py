@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 import optuna
 
+from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.export import load_study, storage_url
 from lrsearch.schedules import Schedule
+from lrsearch.stats import Z95
+from lrsearch.verdict import trial_family, trial_scores
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,6 +33,7 @@ __all__ = ["PLOT_DPI", "PLOT_SIZE", "plot_study", "save_lr_curve"]
 PLOT_SIZE = (9.0, 5.6)  # inches; at PLOT_DPI every study plot is 900 x 560 pixels
 PLOT_DPI = 100
 CURVE_PIXELS = (320, 200)  # the per-trial artifact, a few kB
+CURVE_FONT = 24  # pixels: about 15 where optuna-dashboard shrinks the image to 200 wide
 MIN_IMPORTANCE_TRIALS = 5  # below this Optuna's evaluators return equal shares or fail
 
 
@@ -36,32 +41,53 @@ def save_lr_curve(schedule: Schedule, steps: int, path: Path) -> None:
     """The LR of every step of a ``steps``-step run, drawn straight with Pillow.
 
     Every trial writes one, so it must cost next to nothing: matplotlib took
-    about 0.19 s a trial, a line drawn with Pillow takes milliseconds. The
-    axes are a frame with the peak LR, 0 and the step count written on it.
+    about 0.19 s a trial, a line drawn with Pillow takes milliseconds.
+    optuna-dashboard shows it about 200 px wide, so the text is large and
+    sparse: the family, the lowest and highest LR of the run (not 0, when the
+    schedule has a floor) and the step count.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     width, height = CURVE_PIXELS
-    left, right, top, bottom = 48, width - 8, 22, height - 22
+    font = ImageFont.load_default(size=CURVE_FONT)
+    curve = schedule.curve(steps)
+    low, high = curve_range(curve)
+    labels = (f"{high:.2g}", f"{low:.2g}")
+    left = 10 + int(max(font.getlength(label) for label in labels))
+    right, top, bottom = width - 10, CURVE_FONT + 10, height - CURVE_FONT - 10
     image = Image.new("RGB", CURVE_PIXELS, "white")
     draw = ImageDraw.Draw(image)
     draw.rectangle((left, top, right, bottom), outline="#888888")
     columns = np.linspace(0, steps - 1, right - left).round().astype(np.int64)
-    values = schedule.curve(steps)[columns] / schedule.lr  # 1 at the peak
+    fractions = (curve[columns] - low) / (high - low)
+    pad = 3  # keeps a line at the lowest or highest LR off the frame
     points = [
-        (left + i, bottom - value * (bottom - top)) for i, value in enumerate(values.tolist())
+        (left + i, bottom - pad - value * (bottom - top - 2 * pad))
+        for i, value in enumerate(fractions.tolist())
     ]
-    draw.line(points, fill="#1f77b4", width=2)
-    draw.text((left, 4), f"{schedule.family}   peak lr {schedule.lr:.3g}", fill="black")
-    draw.text((4, top), f"{schedule.lr:.2g}", fill="black")
-    draw.text((4, bottom - 10), "0", fill="black")
-    draw.text((left, bottom + 6), "step 0", fill="black")
-    draw.text((right - 60, bottom + 6), f"{steps:>9,}", fill="black")
+    draw.line(points, fill="#1f77b4", width=3)
+    draw.text((left, 2), schedule.family, fill="black", font=font)
+    draw.text((left - 5, top), labels[0], fill="black", font=font, anchor="ra")
+    draw.text((left - 5, bottom), labels[1], fill="black", font=font, anchor="rd")
+    draw.text((left, height - 4), "0", fill="black", font=font, anchor="ld")
+    draw.text((right, height - 4), f"{steps:,} steps", fill="black", font=font, anchor="rd")
     image.save(path, format="PNG", optimize=False)
 
 
+def curve_range(curve: npt.NDArray[np.float64]) -> tuple[float, float]:
+    """The LR axis of a curve: its real minimum and maximum, from 0 for a flat one."""
+    low, high = float(curve.min()), float(curve.max())
+    return (low, high) if high > low else (0.0, max(high, 1e-12))
+
+
 def plot_study(
-    storage: str | None, study_name: str, out: Path, *, top: int = 5, notes: TextIO | None = None
+    storage: str | None,
+    study_name: str,
+    out: Path,
+    *,
+    top: int = 5,
+    log_lr: bool = False,
+    notes: TextIO | None = None,
 ) -> list[Path]:
     """Write the study's plots into ``out``; a plot the study cannot support yet is a note."""
     study = load_study(storage_url(storage, study_name), study_name)
@@ -72,7 +98,7 @@ def plot_study(
     )
     out.mkdir(parents=True, exist_ok=True)
     draws: dict[str, Callable[[], Figure]] = {
-        "lr_curves": lambda: _lr_curves(complete[:top]),
+        "lr_curves": lambda: _lr_curves(_top_and_best_baseline(complete, top), log_lr=log_lr),
         "accuracy_by_family": lambda: _accuracy_by_family(complete),
         "history": lambda: _from_optuna(
             optuna.visualization.matplotlib.plot_optimization_history, study
@@ -98,7 +124,16 @@ def _new_figure() -> Figure:
     return Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI, layout="constrained")
 
 
-def _lr_curves(trials: list[optuna.trial.FrozenTrial]) -> Figure:
+def _top_and_best_baseline(
+    complete: list[optuna.trial.FrozenTrial], top: int
+) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` best trials, and the best baseline for reference if it is not among them."""
+    chosen = complete[:top]
+    baseline = next((t for t in complete if BASELINE_ATTR in t.user_attrs), None)
+    return chosen if baseline is None or baseline in chosen else [*chosen, baseline]
+
+
+def _lr_curves(trials: list[optuna.trial.FrozenTrial], *, log_lr: bool = False) -> Figure:
     if not trials:
         raise ValueError("no complete trial yet")
     figure = _new_figure()
@@ -106,38 +141,69 @@ def _lr_curves(trials: list[optuna.trial.FrozenTrial]) -> Figure:
     for trial in trials:
         steps = int(trial.user_attrs["steps"])
         schedule = Schedule.from_dict(trial.user_attrs["schedule"])
+        baseline = trial.user_attrs.get(BASELINE_ATTR)
+        name = f"baseline {baseline}" if baseline is not None else f"#{trial.number}"
         axes.plot(
             np.arange(steps) / steps,
             schedule.curve(steps),
-            label=f"#{trial.number} {schedule.family}  val={trial.value:.4f}",
+            linestyle="--" if baseline is not None else "-",
+            label=f"{name} {schedule.family}  val={trial.value:.4f}",
         )
-    axes.set_title(f"LR schedules of the top {len(trials)} trials")
+    if log_lr:
+        axes.set_yscale("log")  # a curve's zeros are left out, not drawn at -inf
+    axes.set_title(f"LR schedules of the top {len(trials)} trials (dashed: baseline)")
     axes.set_xlabel("fraction of the run")
-    axes.set_ylabel("learning rate")
+    axes.set_ylabel("learning rate" + (" (log scale)" if log_lr else ""))
     axes.legend(fontsize=8)
     return figure
 
 
+def accuracy_interval(trial: optuna.trial.FrozenTrial) -> float:
+    """Half the 95% interval of a trial's validation accuracy; NaN where nothing says how wide."""
+    return Z95 * trial_scores(trial).se
+
+
 def _accuracy_by_family(trials: list[optuna.trial.FrozenTrial]) -> Figure:
-    by_family: dict[str, list[float]] = {}
+    by_family: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in trials:
-        by_family.setdefault(str(trial.user_attrs.get("family")), []).append(
-            float(trial.value or 0)
-        )
+        by_family.setdefault(str(trial_family(trial)), []).append(trial)
     if not by_family:
         raise ValueError("no complete trial yet")
-    families = sorted(by_family, key=lambda family: max(by_family[family]))
+    best = {family: max(float(t.value or 0) for t in group) for family, group in by_family.items()}
+    families = sorted(by_family, key=best.__getitem__)
     figure = _new_figure()
     axes = figure.add_subplot()
     jitter = np.random.default_rng(0)
     for row, family in enumerate(families):
-        values = by_family[family]
-        axes.scatter(values, row + jitter.uniform(-0.15, 0.15, len(values)), s=18, alpha=0.7)
-        axes.vlines(max(values), row - 0.3, row + 0.3, color="black")
+        group = by_family[family]
+        values = np.array([float(t.value or 0) for t in group])
+        heights = row + jitter.uniform(-0.15, 0.15, len(values))
+        half = np.array([accuracy_interval(t) for t in group])
+        axes.errorbar(
+            values,
+            heights,
+            xerr=np.where(np.isfinite(half), half, 0.0),
+            fmt="o",
+            markersize=4,
+            elinewidth=1,
+            alpha=0.7,
+        )
+        axes.vlines(best[family], row - 0.3, row + 0.3, color="black")
+    axes.set_xlim(*_zoom([t for group in by_family.values() for t in group]))
     axes.set_yticks(range(len(families)), [f"{f} ({len(by_family[f])})" for f in families])
-    axes.set_xlabel("validation accuracy (bar: best)")
+    axes.set_xlabel("validation accuracy (bars: 95% interval of each trial; line: best)")
     axes.set_title("Complete trials by schedule family")
     return figure
+
+
+def _zoom(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
+    """Every trial's interval and a margin, not 0..1: the differences between trials are
+    often a fraction of a point, invisible on the full scale."""
+    values = np.array([float(t.value or 0) for t in trials])
+    half = np.nan_to_num(np.array([accuracy_interval(t) for t in trials]), nan=0.0)
+    low, high = float(np.min(values - half)), float(np.max(values + half))
+    margin = max(0.05 * (high - low), 0.002)
+    return max(0.0, low - margin), min(1.0, high + margin)
 
 
 def _importances(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -> Figure:
@@ -145,13 +211,13 @@ def _importances(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) 
     itself, whose effect accuracy_by_family.png already shows."""
     if not complete:
         raise ValueError("no complete trial yet")
-    family, count = Counter(str(t.user_attrs.get("family")) for t in complete).most_common(1)[0]
+    family, count = Counter(str(trial_family(t)) for t in complete).most_common(1)[0]
     if count < MIN_IMPORTANCE_TRIALS:
         raise ValueError(
             f"importances need {MIN_IMPORTANCE_TRIALS} complete trials of one family; "
             f"the most tried, {family}, has {count}"
         )
-    trials = [t for t in complete if t.user_attrs.get("family") == family]
+    trials = [t for t in complete if str(trial_family(t)) == family]  # the key counted above
     params = sorted(set.intersection(*(set(t.params) for t in trials)) - {"family"})
     if not params:
         raise ValueError(f"the {family} trials have no searched parameter")

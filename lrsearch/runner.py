@@ -30,7 +30,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from lrsearch.baselines import BASELINE_ATTR, enqueue_baselines
+from lrsearch.baselines import enqueue_baselines
 from lrsearch.config import StudyConfig, default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
@@ -62,6 +62,7 @@ from lrsearch.training import (
     train_population,
     uses_bf16,
 )
+from lrsearch.verdict import verdict_rows
 
 __all__ = [
     "Interrupted",
@@ -147,9 +148,7 @@ class StudyReport:
                 ("val accuracy", f"{attrs['val_accuracy']:.4f}"),
                 ("test accuracy", f"{attrs['test_accuracy']:.4f}"),
             ]
-        searched, baseline = self.best_searched, self.best_baseline
-        if searched is not None and baseline is not None:
-            rows.append(("searched vs baseline", _versus(searched, baseline)))
+        rows += verdict_rows(self.trials)
         rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)
         return [f"{key:<{width}}  {value}" for key, value in rows]
@@ -466,13 +465,3 @@ def _attach_lr_curve(
             study_or_trial=trial,
             mimetype="image/png",
         )
-
-
-def _versus(searched: optuna.trial.FrozenTrial, baseline: optuna.trial.FrozenTrial) -> str:
-    """How far the best searched schedule is ahead of the best baseline, in accuracy points."""
-    val = 100 * (searched.user_attrs["val_accuracy"] - baseline.user_attrs["val_accuracy"])
-    test = 100 * (searched.user_attrs["test_accuracy"] - baseline.user_attrs["test_accuracy"])
-    return (
-        f"best searched vs best baseline ({baseline.user_attrs[BASELINE_ATTR]}): "
-        f"{val:+.2f} points val accuracy (test: {test:+.2f})"
-    )

@@ -12,11 +12,29 @@ import base64
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["binomial_se", "mean_se", "pack_correct", "unpack_correct"]
+__all__ = [
+    "AHEAD",
+    "BEHIND",
+    "UNKNOWN",
+    "WITHIN_NOISE",
+    "Comparison",
+    "Scores",
+    "binomial_se",
+    "compare",
+    "compare_across_seeds",
+    "mcnemar_p",
+    "mean_se",
+    "pack_correct",
+    "paired_bootstrap",
+    "t95",
+    "unpack_correct",
+    "unpaired",
+]
 
 
 def binomial_se(accuracy: float, examples: int) -> float:
@@ -37,6 +55,161 @@ def unpack_correct(text: str, examples: int) -> npt.NDArray[np.bool_]:
     """The inverse of :func:`pack_correct` for ``examples`` examples."""
     bits = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
     return np.unpackbits(bits, count=examples, bitorder="little").astype(bool)
+
+
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+# Student's t quantiles for a two-sided 95% interval by degrees of freedom; between the
+# rows, the next smaller degrees of freedom (a slightly wider, safe interval).
+T95 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+    9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980,
+}  # fmt: skip
+RESAMPLES = 4000
+AHEAD, BEHIND, WITHIN_NOISE, UNKNOWN = "ahead", "behind", "within noise", "noise unknown"
+
+
+def t95(degrees: int) -> float:
+    """The 95% two-sided Student's t quantile, from :data:`T95`."""
+    if degrees < 1:
+        return math.nan
+    return T95[max(d for d in T95 if d <= degrees)] if degrees <= 120 else Z95
+
+
+@dataclass(frozen=True, eq=False)
+class Scores:
+    """One trial's validation results, as far as a comparison needs them.
+
+    ``correct`` holds one row of per-example correctness per seed (the examples
+    in the order every trial of a study shares); old trials have none, and may
+    not know their example count either (``examples`` 0, ``se`` NaN).
+    """
+
+    accuracy: float  # mean over seeds
+    per_seed: tuple[float, ...]
+    examples: int
+    se: float
+    correct: npt.NDArray[np.bool_] | None = None  # seeds x examples
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The accuracy of one trial minus another's, with its 95% interval (fractions)."""
+
+    difference: float
+    low: float
+    high: float
+    examples: int  # 0 when unknown
+    seeds: int
+    method: str
+    p_value: float | None = None  # McNemar's exact test, where it applies
+
+    @property
+    def verdict(self) -> str:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return UNKNOWN
+        if self.low > 0:
+            return AHEAD
+        return BEHIND if self.high < 0 else WITHIN_NOISE
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """McNemar's exact test: the two-sided binomial p-value of the discordant pairs.
+
+    Exact integer arithmetic, so 10,000 discordant pairs neither
+    overflow nor lose the tail; scipy is not needed for one binomial tail.
+    """
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    term = tail = 1  # comb(n, 0), then each comb(n, k) from the one before
+    for k in range(min(only_a, only_b)):
+        term = term * (n - k) // (k + 1)
+        tail += term
+    return min(1.0, 2 * tail / (1 << n))
+
+
+def paired_bootstrap(
+    a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_], *, resamples: int = RESAMPLES
+) -> Comparison:
+    """Accuracy of ``a`` minus ``b`` on the same examples (seeds x examples, rows paired).
+
+    Examples are resampled with replacement, the same examples for every seed,
+    and the difference averaged over the seeds. A resample's mean only depends
+    on how often each distinct per-example difference is drawn, so the draws are
+    multinomial counts of those few values: exact, and cheap at any size.
+    """
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    if a.shape != b.shape or a.shape[1] == 0:
+        raise ValueError(
+            f"paired correctness needs equal, non-empty shapes, got {a.shape}, {b.shape}"
+        )
+    seeds, examples = a.shape
+    per_example = (a.astype(np.float64) - b).mean(axis=0)
+    values, counts = np.unique(per_example, return_counts=True)
+    draws = np.random.default_rng(0).multinomial(examples, counts / examples, size=resamples)
+    means = draws @ values / examples
+    low, high = np.quantile(means, [0.025, 0.975])
+    only_a = int(np.sum(a[0] & ~b[0]))
+    only_b = int(np.sum(b[0] & ~a[0]))
+    return Comparison(
+        difference=float(per_example.mean()),
+        low=float(low),
+        high=float(high),
+        examples=examples,
+        seeds=seeds,
+        method="paired bootstrap over examples"
+        + (f", averaged over {seeds} paired seeds" if seeds > 1 else ""),
+        # Pooling pairs over seeds would count one example several times: one seed only.
+        p_value=mcnemar_p(only_a, only_b) if seeds == 1 else None,
+    )
+
+
+def unpaired(a: Scores, b: Scores) -> Comparison:
+    """The fallback without per-example correctness: the two standard errors combined."""
+    half = Z95 * math.hypot(_se(a), _se(b))
+    difference = a.accuracy - b.accuracy
+    return Comparison(
+        difference=difference,
+        low=difference - half,
+        high=difference + half,
+        examples=min(a.examples, b.examples),
+        seeds=min(len(a.per_seed), len(b.per_seed)),
+        method="unpaired, from the two standard errors (no per-example correctness recorded)",
+    )
+
+
+def compare(a: Scores, b: Scores) -> Comparison:
+    """``a`` minus ``b``: paired over examples when both recorded them, else unpaired."""
+    if a.correct is not None and b.correct is not None and a.correct.shape == b.correct.shape:
+        return paired_bootstrap(a.correct, b.correct)
+    return unpaired(a, b)
+
+
+def compare_across_seeds(a: Scores, b: Scores) -> Comparison:
+    """``a`` minus ``b`` for runs with the same seeds (confirm): paired seed by seed.
+
+    The per-seed differences give a t interval with S-1 degrees of freedom (the
+    training noise on these examples); the example bootstrap gives the noise of
+    the examples themselves. They are independent sources, so where both exist
+    the half-widths add in quadrature.
+    """
+    seeds = min(len(a.per_seed), len(b.per_seed))
+    if seeds != max(len(a.per_seed), len(b.per_seed)) or seeds < 2:
+        return compare(a, b)
+    differences = np.subtract(a.per_seed, b.per_seed)
+    difference = float(differences.mean())
+    t_half = t95(seeds - 1) * float(differences.std(ddof=1)) / math.sqrt(seeds)
+    method = f"paired across {seeds} seeds (t, {seeds - 1} df)"
+    half, examples = t_half, min(a.examples, b.examples)
+    if a.correct is not None and b.correct is not None and a.correct.shape == b.correct.shape:
+        bootstrap = paired_bootstrap(a.correct, b.correct)
+        half = math.hypot(t_half, (bootstrap.high - bootstrap.low) / 2)
+        method += " and examples (bootstrap), combined"
+    return Comparison(difference, difference - half, difference + half, examples, seeds, method)
+
+
+def _se(scores: Scores) -> float:
+    return scores.se if math.isfinite(scores.se) else binomial_se(scores.accuracy, scores.examples)
 
 
 def mean_se(per_seed: Sequence[float], examples: int) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -14,8 +15,17 @@ from digits_study import digits_study
 from lrsearch import LrsearchError, load_schedule
 from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
-from lrsearch.confirm import CONFIRM_SUFFIX, confirm, save_best_confirmed, spearman
+from lrsearch.confirm import (
+    CONFIRM_SUFFIX,
+    Confirmed,
+    ConfirmReport,
+    confirm,
+    save_best_confirmed,
+    spearman,
+)
 from lrsearch.runner import run_study
+from lrsearch.schedules import make_schedule
+from lrsearch.stats import Comparison, Scores
 
 
 def test_spearman_on_hand_made_examples() -> None:
@@ -56,6 +66,11 @@ def test_one_record_per_schedule_and_seed_at_the_confirm_length(searched: StudyC
         spearman([r.search_val for r in report.rows], means)
     )
     assert any("Spearman" in line for line in report.lines())
+    assert {t.user_attrs["family"] for t in runs} == {row.schedule.family for row in report.rows}
+    for row in report.rows:
+        assert (row.versus_baseline is None) == row.is_baseline
+        assert len(row.val) == 2 and row.scores.se >= 0  # over the two seeds
+    assert report.lines()[-1].startswith(f"lrsearch best --confirmed writes {report.rows[0].label}")
 
     again = confirm(searched, top=2, epochs=2, seeds=2, out=io.StringIO())
     assert len(record.get_trials()) == 6  # nothing recorded twice
@@ -110,3 +125,62 @@ def test_a_search_run_with_other_epochs_than_its_file_can_still_be_confirmed(
     )
     report = confirm(from_file, top=1, epochs=2, seeds=1, out=io.StringIO())
     assert report.rows
+
+
+def row(
+    label: str, search_val: float, val: tuple[float, ...], versus: Comparison | None
+) -> Confirmed:
+    scores = Scores(sum(val) / len(val), val, 0, 0.001)
+    return Confirmed(
+        label=label,
+        trial=0,
+        schedule=make_schedule("constant", {"lr": 0.1}),
+        search_val=search_val,
+        val=val,
+        test=val,
+        scores=scores,
+        test_scores=scores,
+        versus_baseline=versus,
+    )
+
+
+def test_the_table_shows_ties_ranks_beside_values_and_the_decision() -> None:
+    tie = Comparison(0.001, -0.004, 0.006, 300, 3, "paired across 3 seeds (t, 2 df)")
+    rows = (
+        row("trial 4", 0.95, (0.96, 0.97, 0.98), tie),  # mean 0.97
+        row("trial 9", 0.96, (0.97, 0.97, 0.97), tie),  # mean 0.97 too: a tie
+        row("baseline step-000", 0.90, (0.96, 0.96, 0.96), None),
+    )
+    report = ConfirmReport(rows, epochs=4, seeds=3, rank_correlation=-0.5, trial_epochs=8)
+    lines = report.lines()
+    assert "shorter than the searched trials (8 epochs)" in lines[1]
+    # each rank sits right after the value it ranks, the test column after both
+    assert re.fullmatch(
+        r"schedule +search val +rank +confirm val ± se +rank +test ± se +"
+        r"vs baseline, points \[95%\] +verdict",
+        lines[2],
+    )
+    table = {line.split("  ")[0]: line for line in lines[3:6]}
+    for label in ("trial 4", "trial 9"):
+        cells = table[label].split()
+        assert cells[cells.index("0.9700") + 3] == "1="  # mean, ±, se, rank
+        assert "within noise" in table[label]
+    assert "0.9600 ± 0.0010" in table["baseline step-000"]
+    assert "+0.10 [-0.40, +0.60]" in table["trial 4"]
+    search_ranks = {label: line.split()[3] for label, line in table.items()}
+    assert search_ranks == {"trial 4": "2", "trial 9": "1", "baseline step-000": "3"}
+    assert lines[-1] == (
+        "lrsearch best --confirmed writes trial 4: the best mean validation accuracy at 4 epochs "
+        "(0.9700); against the best baseline it is within noise"
+    )
+
+
+def test_a_confirm_at_the_trials_length_has_no_length_note() -> None:
+    report = ConfirmReport(
+        (row("trial 1", 0.9, (0.9,), None),),
+        epochs=8,
+        seeds=1,
+        rank_correlation=math.nan,
+        trial_epochs=8,
+    )
+    assert not any("shorter" in line for line in report.lines())

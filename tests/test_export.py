@@ -15,6 +15,7 @@ import torch
 
 import lrsearch
 from lrsearch.cli import main
+from lrsearch.export import intermediate_table
 from lrsearch.schedules import Schedule, ScheduleError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,13 +82,17 @@ def test_export_matches_storage(study_url: str, tmp_path: Path) -> None:
     assert summary["best"]["number"] == best.number
     assert summary["best"]["schedule"] == best.user_attrs["schedule"]
     assert summary["states"] == {"COMPLETE": 3, "RUNNING": 1, "FAIL": 1}
+    (verdict,) = summary["verdicts"].values()  # no baselines: best against the runner-up only
+    runner_up = sorted(trials[:3], key=lambda t: t.value or 0)[-2]
+    assert (verdict["a"], verdict["b"]) == (f"trial {best.number}", f"trial {runner_up.number}")
+    assert verdict["difference_points"] == pytest.approx(100 * (best.value - runner_up.value))
     assert sum(summary["families"].values()) == 5
 
 
 def test_load_results_is_the_trials_table(study_url: str) -> None:
     table = lrsearch.load_results(study_url, "quick")
     assert len(table) == 5
-    assert {"schedule.lr", "val_accuracy", "test_accuracy", "diverged", "seed"} <= set(
+    assert {"schedule.lr", "val_accuracy", "val_accuracy_se", "diverged", "seeds"} <= set(
         table.columns
     )
     best = table.groupby("family")["val_accuracy"].max()
@@ -163,3 +168,22 @@ def test_corrupted_best_file_is_a_one_line_error(study_url: str, tmp_path: Path,
     with pytest.raises(ScheduleError) as error:
         lrsearch.load_schedule(path)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_intermediate_table_carries_the_per_epoch_losses() -> None:
+    """Trials that record per-epoch losses get them beside each epoch; older ones get gaps."""
+    study = optuna.create_study(direction="maximize")
+    losses = {"epoch_val_loss": [0.9, 0.5], "epoch_train_loss": [1.2, 0.7]}
+    for attrs in (losses, {}):
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        trial.report(0.6, 1)
+        trial.report(0.8, 2)
+        study.tell(trial, 0.8)
+    table = intermediate_table(study)
+    assert list(table.columns) == ["number", "epoch", "val_accuracy", "val_loss", "train_loss"]
+    new = table[table.number == 0].set_index("epoch")
+    assert new["val_loss"].to_dict() == {1: 0.9, 2: 0.5}
+    assert new["train_loss"].to_dict() == {1: 1.2, 2: 0.7}
+    assert table[table.number == 1][["val_loss", "train_loss"]].isna().all().all()

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 
 from lrsearch.cli import main
 from lrsearch.config import study_from_table
-from lrsearch.plots import CURVE_PIXELS, PLOT_DPI, PLOT_SIZE
+from lrsearch.plots import (
+    CURVE_PIXELS,
+    PLOT_DPI,
+    PLOT_SIZE,
+    _accuracy_by_family,
+    _lr_curves,
+    curve_range,
+    plot_study,
+)
 from lrsearch.runner import run_study
+from lrsearch.schedules import make_schedule
+from lrsearch.stats import binomial_se
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +57,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_plot_writes_every_png_at_its_size(study_url: str, tmp_path: Path) -> None:
     argv = ["plot", "--study-name", "plots", "--storage", study_url, "--out", str(tmp_path)]
-    assert main([*argv, "--top", "3"]) == 0
+    assert main([*argv, "--top", "3", "--log-lr"]) == 0
     expected = (int(PLOT_SIZE[0] * PLOT_DPI), int(PLOT_SIZE[1] * PLOT_DPI))
     for name in ("lr_curves", "history", "accuracy_by_family", "importances"):
         path = tmp_path / f"{name}.png"
@@ -98,3 +110,66 @@ def test_every_trial_carries_its_lr_curve(study_url: str, tmp_path: Path) -> Non
             artifact_store=store, artifact_id=meta.artifact_id, file_path=str(target)
         )
         assert png_size(target) == CURVE_PIXELS
+
+
+def made_trial(
+    value: float, family: str, *, attrs: dict[str, Any] | None = None
+) -> optuna.trial.FrozenTrial:
+    """A complete trial with no parameters, like a confirm run; ``family`` only in the schedule."""
+    schedule = make_schedule(family, {"lr": 0.1}).to_dict()
+    return optuna.trial.create_trial(
+        value=value, user_attrs={"schedule": schedule, "steps": 100, **(attrs or {})}
+    )
+
+
+def test_a_confirm_study_plots_grouped_by_the_schedules_family(tmp_path: Path) -> None:
+    """Issue 14.1: confirm runs carried no family (one row "None") and importances crashed."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = optuna.create_study(study_name="s.confirm", storage=url, direction="maximize")
+    for value, family in [(0.9, "cosine"), (0.91, "cosine"), (0.92, "cosine"), (0.8, "linear")] * 2:
+        study.add_trial(made_trial(value, family))
+    notes = io.StringIO()
+    written = plot_study(url, "s.confirm", tmp_path / "out", notes=notes)
+    assert {p.name for p in written} >= {"accuracy_by_family.png", "lr_curves.png"}
+    assert (
+        "skipped importances.png: the cosine trials have no searched parameter" in notes.getvalue()
+    )
+    figure = _accuracy_by_family(study.get_trials())
+    labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    assert labels == ["linear (2)", "cosine (6)"]
+
+
+def test_accuracy_by_family_shows_each_interval_on_a_zoomed_axis() -> None:
+    examples = 300
+    trials = [
+        made_trial(v, "cosine", attrs={"val_examples": examples, "val_accuracy": v})
+        for v in (0.90, 0.92, 0.93)
+    ]
+    axes = _accuracy_by_family(trials).axes[0]
+    low, high = axes.get_xlim()
+    half = 1.96 * binomial_se(0.93, examples)
+    assert low < 0.90 - 1.96 * binomial_se(0.90, examples) and high > 0.93 + half
+    assert high - low < 0.2  # not 0..1
+    (bars,) = [c for c in axes.containers if c.has_xerr]
+    segments = bars.lines[2][0].get_segments()
+    widths = sorted(round(seg[1][0] - seg[0][0], 6) for seg in segments)
+    expected = sorted(round(2 * 1.96 * binomial_se(v, examples), 6) for v in (0.90, 0.92, 0.93))
+    assert widths == pytest.approx(expected, abs=1e-4)
+
+
+def test_lr_curves_mark_the_baselines_and_take_a_log_scale() -> None:
+    searched = made_trial(0.9, "cosine")
+    searched.number = 3
+    baseline = made_trial(0.8, "linear", attrs={"baseline": "linear-001"})
+    axes = _lr_curves([searched, baseline], log_lr=True).axes[0]
+    assert axes.get_yscale() == "log"
+    styles = {line.get_label().split()[0]: line.get_linestyle() for line in axes.get_lines()}
+    assert styles == {"#3": "-", "baseline": "--"}
+    assert axes.get_legend().get_texts()[1].get_text().startswith("baseline linear-001 linear")
+    assert _lr_curves([searched]).axes[0].get_yscale() == "linear"
+
+
+def test_the_lr_curve_artifact_axis_is_the_real_lr_range() -> None:
+    floor = make_schedule("cosine", {"lr": 0.1, "min_lr": 0.02})
+    assert curve_range(floor.curve(1000)) == pytest.approx((0.02, 0.1), rel=1e-4)
+    assert curve_range(make_schedule("constant", {"lr": 0.3}).curve(10)) == (0.0, 0.3)
