@@ -42,6 +42,18 @@ class TaskSource:
     models: Mapping[str, ModelFactory]
 
     def __post_init__(self) -> None:
+        for name in ("train_images", "train_labels", "test_images", "test_labels"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise LrsearchError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise LrsearchError(f"num_classes must be an int, got {self.num_classes!r}")
+        if not isinstance(self.models, Mapping) or not all(
+            isinstance(name, str) and callable(factory) for name, factory in self.models.items()
+        ):
+            raise LrsearchError(
+                f"models must map names (str) to functions that build a model, got {self.models!r}"
+            )
         if self.num_classes < 2:
             raise LrsearchError(f"num_classes must be at least 2, got {self.num_classes}")
         _check_split("train", self.train_images, self.train_labels, self.num_classes)
@@ -237,23 +249,37 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
         part.isidentifier() for part in module_name.split(".")
     ):
         raise LrsearchError(f"task {task!r} is not a valid import path; {expected}")
+    # The user's code may raise anything; its author sees the traceback with --debug.
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise LrsearchError(
             f"task {task!r}: cannot import {module_name!r} ({err}); {expected}"
         ) from err
+    except Exception as err:
+        raise LrsearchError(f"task {task!r}: importing {module_name!r} {_raised(err)}") from err
     build = getattr(module, function_name, None)
     if not callable(build):
         raise LrsearchError(
             f"task {task!r}: {module_name!r} has no function {function_name!r}; {expected}"
         )
-    source = build(data_dir)
+    try:
+        source = build(data_dir)
+    except LrsearchError as err:  # TaskSource's own checks, or the task's
+        raise LrsearchError(f"task {task!r}: {err}") from err
+    except Exception as err:
+        raise LrsearchError(f"task {task!r}: {function_name} {_raised(err)}") from err
     if not isinstance(source, TaskSource):
         raise LrsearchError(
             f"task {task!r} returned {type(source).__name__}, expected lrsearch.tasks.TaskSource"
         )
     return source
+
+
+def _raised(error: Exception) -> str:
+    """``raised ValueError: its message``, on one line."""
+    lines = str(error).strip().splitlines()
+    return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
 
 
 def load_source(task: str, data_dir: Path, download: bool = True) -> TaskSource:
