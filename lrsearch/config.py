@@ -155,9 +155,26 @@ def load_study_file(path: str | Path) -> StudyConfig:
             "a few levels"
         ) from None
     try:
+        _check_integers(document, "")
         return study_from_table(document, default_name=path.stem)
     except LrsearchError as error:
         raise LrsearchError(f"{path}: {error}") from None
+
+
+def _check_integers(value: Any, key: str) -> None:
+    """TOML's integers are 64-bit and its spec says a reader must refuse larger ones, which
+    tomllib does not: refused here, every float or range of the file gets numbers it can hold."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_integers(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            _check_integers(item, key)
+    elif isinstance(value, int) and not -_INT_LIMIT <= value < _INT_LIMIT:
+        raise LrsearchError(
+            f"{key}={value} is not allowed; TOML integers must fit in 64 bits "
+            f"[{-_INT_LIMIT}, {_INT_LIMIT - 1}]"
+        )
 
 
 def study_from_table(document: Mapping[str, Any], *, default_name: str) -> StudyConfig:
