@@ -288,6 +288,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert snapshot(workdir) == before
 
 
+@pytest.mark.parametrize("option", [["--seed", "-1"], ["--seed", str(2**40)], ["--timeout", "nan"]])
+def test_a_bad_value_is_refused_before_the_default_storage_is_created(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.toml").write_text(STUDY)
+    assert main(["run", "--study", "study.toml", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{option[0].lstrip('-')}={option[1]} is not allowed" in err
+    assert "storage" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["study.toml"]
+
+
 @pytest.fixture
 def unwritable(tmp_path: Path) -> Iterator[Path]:
     """A folder nobody here may write into (root ignores permissions, not a read-only mount)."""
