@@ -32,7 +32,6 @@ __all__ = [
     "SEED_MAX",
     "StudyConfig",
     "TaskConfig",
-    "check_seed",
     "default_storage",
     "load_study_file",
 ]
@@ -46,7 +45,7 @@ SEED_MAX = 2**32 - 1
 _INT_LIMIT = 2**63
 
 
-def check_seed(name: str, value: int) -> None:
+def _check_seed(name: str, value: int) -> None:
     """A seed numpy and Optuna accept; refused here so nothing is written before it fails."""
     if not 0 <= value <= SEED_MAX:
         raise LrsearchError(f"{name}={value} is not allowed; it must be in [0, {SEED_MAX}]")
@@ -68,7 +67,7 @@ class TaskConfig:
                 f"val_size={self.val_size!r} is not allowed; it must be an integer >= 1 "
                 "(examples) or a fraction in (0, 1)"
             )
-        check_seed("split_seed", self.split_seed)
+        _check_seed("split_seed", self.split_seed)
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class StudyConfig:
             raise LrsearchError(
                 f"timeout={self.timeout} is not allowed; it must be a finite number > 0 seconds"
             )
-        check_seed("seed", self.seed)
+        _check_seed("seed", self.seed)
 
     def with_overrides(
         self,
