@@ -169,9 +169,14 @@ def _check_integers(value: Any, key: str) -> None:
     elif isinstance(value, list):
         for item in value:
             _check_integers(item, key)
-    elif isinstance(value, int) and not -_INT_LIMIT <= value < _INT_LIMIT:
+    elif isinstance(value, int):
+        _check_64_bits(value, key)
+
+
+def _check_64_bits(value: int, where: str) -> None:
+    if not -_INT_LIMIT <= value < _INT_LIMIT:
         raise LrsearchError(
-            f"{key}={value} is not allowed; TOML integers must fit in 64 bits "
+            f"{where}={value} is not allowed; it must fit in 64 bits "
             f"[{-_INT_LIMIT}, {_INT_LIMIT - 1}]"
         )
 
@@ -266,11 +271,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong("an integer")
-        if not -_INT_LIMIT <= value < _INT_LIMIT:
-            raise LrsearchError(
-                f"{where}={value} is not allowed; it must fit in 64 bits "
-                f"[{-_INT_LIMIT}, {_INT_LIMIT - 1}]"
-            )
+        _check_64_bits(value, where)
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -89,7 +89,7 @@ def test_overrides_apply_by_section_and_are_validated(tmp_path: Path) -> None:
         ("[training]\ndivergence_factor = inf", "divergence_factor=inf is not allowed"),
         ("[training]\nmomentum = -nan", "momentum=nan is not allowed"),
         ("[training]\nepochs = 9223372036854775808", "epochs=9223372036854775808 is not allowed"),
-        ("[study]\nn_trials = -9223372036854775809", "integers must fit in 64 bits"),
+        ("[study]\nn_trials = -9223372036854775809", "it must fit in 64 bits"),
         ("[training]\nweight_decay = 1" + "0" * 400, "training.weight_decay=1000"),
         ("[space]\nlr = [0.01, 1" + "0" * 400 + "]", "space.lr=1000"),
         ("[space]\ncosine = {min_lr = [0, 1" + "0" * 30 + "]}", "space.cosine.min_lr=1000"),
