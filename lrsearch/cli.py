@@ -2,12 +2,16 @@
 
 Every ``LrsearchError`` becomes one line on stderr; Ctrl-C exits 130 after
 Optuna has marked the interrupted trial failed, so the next run resumes.
+With ``--debug`` (or ``LRSEARCH_DEBUG=1``) the line follows the traceback of
+its cause, for the author of a task module that raised.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +35,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lrsearch", description="Search learning-rate schedules with Optuna.")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print its cause's traceback too (also: LRSEARCH_DEBUG=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser(
@@ -144,8 +153,10 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    debug = os.environ.get("LRSEARCH_DEBUG") == "1"
     try:
         args = build_parser().parse_args(argv)
+        debug = debug or args.debug
         if args.command == "run":
             return _run(args)
         if args.command == "confirm":
@@ -158,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench.main(args, " ".join(["python -m lrsearch", *(argv or sys.argv[1:])]))
         raise AssertionError(f"unhandled command {args.command}")  # argparse only allows known ones
     except LrsearchError as error:
+        if debug and error.__cause__ is not None:
+            traceback.print_exception(error.__cause__, file=sys.stderr)
         print(f"lrsearch: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -182,10 +195,18 @@ def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
 
 def _run(args: argparse.Namespace) -> int:
     from lrsearch import workers
+    from lrsearch.config import default_storage
+    from lrsearch.paths import check_file, check_folder, sqlite_file
+    from lrsearch.study import default_artifact_dir
 
     config = _study_config(
         args, n_trials=args.n_trials, timeout=args.timeout, seed=args.seed, baselines=args.baselines
     ).with_overrides(training={"epochs": args.epochs})
+    storage = config.storage or default_storage(config.name)
+    database = sqlite_file(storage)
+    if database is not None:
+        check_file(database, "the SQLite storage")
+    check_folder(args.artifact_dir or default_artifact_dir(storage, config.name), "--artifact-dir")
     report = workers.run(
         config, workers=args.workers, devices=args.devices, artifact_dir=args.artifact_dir
     )
@@ -194,11 +215,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _confirm(args: argparse.Namespace) -> int:
+    from lrsearch.config import SEED_MAX
     from lrsearch.confirm import confirm
 
-    report = confirm(
-        _study_config(args), top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr
-    )
+    config = _study_config(args)
+    if config.seed + args.seeds - 1 > SEED_MAX:  # confirm trains seeds seed .. seed + seeds - 1
+        raise LrsearchError(
+            f"--seeds {args.seeds} is not allowed with seed {config.seed}; "
+            f"seed + seeds - 1 must be <= {SEED_MAX}"
+        )
+    report = confirm(config, top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr)
     print("\n".join(report.lines()))
     return 0
 
@@ -206,8 +232,13 @@ def _confirm(args: argparse.Namespace) -> int:
 def _results(args: argparse.Namespace) -> int:
     from lrsearch.confirm import save_best_confirmed
     from lrsearch.export import export_study, save_best
+    from lrsearch.paths import check_file, check_folder
     from lrsearch.plots import plot_study
 
+    if args.command == "best":
+        check_file(args.out, "--out")
+    else:
+        check_folder(args.out, "--out")
     if args.command == "export":
         written = export_study(args.storage, args.study_name, args.out)
     elif args.command == "plot":

@@ -9,6 +9,7 @@ key, before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import types
@@ -27,10 +28,27 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["StudyConfig", "TaskConfig", "default_storage", "load_study_file"]
+__all__ = [
+    "SEED_MAX",
+    "StudyConfig",
+    "TaskConfig",
+    "default_storage",
+    "load_study_file",
+]
 
 SamplerName = Literal["tpe", "tpe-independent", "random"]
 PrunerName = Literal["none", "median", "percentile", "hyperband"]
+
+# numpy's generators, and so Optuna's samplers, take seeds in [0, 2**32 - 1] only.
+SEED_MAX = 2**32 - 1
+# TOML's integers, and SQLite's, are signed 64-bit: a larger one cannot be stored or read back.
+_INT_LIMIT = 2**63
+
+
+def _check_seed(name: str, value: int) -> None:
+    """A seed numpy and Optuna accept; refused here so nothing is written before it fails."""
+    if not 0 <= value <= SEED_MAX:
+        raise LrsearchError(f"{name}={value} is not allowed; it must be in [0, {SEED_MAX}]")
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,15 @@ class TaskConfig:
     download: bool = True
     val_size: int | float = 10_000  # examples carved from the training set, or a fraction
     split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        fraction = isinstance(self.val_size, float)
+        if not (0 < self.val_size < 1 if fraction else self.val_size >= 1):  # nan: refused
+            raise LrsearchError(
+                f"val_size={self.val_size!r} is not allowed; it must be an integer >= 1 "
+                "(examples) or a fraction in (0, 1)"
+            )
+        _check_seed("split_seed", self.split_seed)
 
 
 @dataclass(frozen=True)
@@ -72,8 +99,11 @@ class StudyConfig:
             raise LrsearchError(f"seeds={self.seeds} is not allowed; it must be >= 1")
         if self.n_trials < 1:
             raise LrsearchError(f"n_trials={self.n_trials} is not allowed; it must be >= 1")
-        if self.timeout is not None and self.timeout <= 0:
-            raise LrsearchError(f"timeout={self.timeout} is not allowed; it must be > 0 seconds")
+        if self.timeout is not None and not (0 < self.timeout < math.inf):
+            raise LrsearchError(
+                f"timeout={self.timeout} is not allowed; it must be a finite number > 0 seconds"
+            )
+        _check_seed("seed", self.seed)
 
     def with_overrides(
         self,
@@ -114,14 +144,48 @@ def load_study_file(path: str | Path) -> StudyConfig:
             f"cannot read study file {str(path)!r}: {error.strerror}; "
             "pass --study FILE (the repository's studies/ folder has examples)"
         ) from None
+    except UnicodeDecodeError as error:
+        raise LrsearchError(
+            f"study file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} "
+            f"at offset {error.start}); a study file is TOML saved as UTF-8"
+        ) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise LrsearchError(f"study file {str(path)!r} is not valid TOML: {error}") from None
+    except (ValueError, RecursionError) as error:
+        # tomllib's own limits: an integer of more than 4300 digits, tables nested too deep.
+        problem = "nests too deeply" if isinstance(error, RecursionError) else "has a huge number"
+        raise LrsearchError(
+            f"study file {str(path)!r} {problem}; numbers must fit in 64 bits and tables in "
+            "a few levels"
+        ) from None
     try:
+        _check_integers(document, "")
         return study_from_table(document, default_name=path.stem)
     except LrsearchError as error:
         raise LrsearchError(f"{path}: {error}") from None
+
+
+def _check_integers(value: Any, key: str) -> None:
+    """TOML's integers are 64-bit and its spec says a reader must refuse larger ones, which
+    tomllib does not: refused here, every float or range of the file gets numbers it can hold."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_integers(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            _check_integers(item, key)
+    elif isinstance(value, int):
+        _check_64_bits(value, key)
+
+
+def _check_64_bits(value: int, where: str) -> None:
+    if not -_INT_LIMIT <= value < _INT_LIMIT:
+        raise LrsearchError(
+            f"{where}={value} is not allowed; it must fit in 64 bits "
+            f"[{-_INT_LIMIT}, {_INT_LIMIT - 1}]"
+        )
 
 
 def study_from_table(document: Mapping[str, Any], *, default_name: str) -> StudyConfig:
@@ -176,11 +240,15 @@ def _build(cls: type[_T], table: Mapping[str, Any], section: str) -> _T:
         raise LrsearchError(f"[{section}] {error}") from None
 
 
+class _WrongType(LrsearchError):
+    """A value of another type than the annotation's, as opposed to one out of range."""
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
 
-    def wrong(expected: str) -> LrsearchError:
-        return LrsearchError(f"{where}={value!r} has the wrong type; expected {expected}")
+    def wrong(expected: str) -> _WrongType:
+        return _WrongType(f"{where}={value!r} has the wrong type; expected {expected}")
 
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, hint):
@@ -192,8 +260,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         for option in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, option, where)
-            except LrsearchError:
-                continue
+            except _WrongType:
+                continue  # a value of the right type but out of range is refused as such
         names = " or ".join(_type_name(a) for a in args if a is not type(None))
         # TOML has no null: an optional key is left out to get its default.
         raise wrong(names + (", or the key left out" if type(None) in args else ""))
@@ -210,10 +278,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong("an integer")
+        _check_64_bits(value, where)
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong("a number")
+        # False for nan, inf, and an integer beyond float's range (1 followed by 400 zeros).
+        if not -sys.float_info.max <= value <= sys.float_info.max:
+            raise LrsearchError(f"{where}={value!r} is not allowed; it must be a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -1,8 +1,9 @@
 """Results out of a storage: tables for pandas, a summary, and the best schedule as a file.
 
 Reading must never change what it reads: a study is only ever loaded, a
-SQLite file that does not exist is refused instead of created, and every
-table is built from what the trials recorded on themselves (lrsearch.study).
+SQLite file that does not exist, is empty or holds another program's tables is
+refused instead of made an Optuna one, and every table is built from what the
+trials recorded on themselves (lrsearch.study).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import sqlalchemy
+from optuna.storages._rdb.models import BaseModel
 
 from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import default_storage
 from lrsearch.errors import LrsearchError
+from lrsearch.paths import sqlite_file
 from lrsearch.schedules import Schedule
 from lrsearch.storage import STORAGE_ERRORS, redact, storage_error
 from lrsearch.study import METRIC_NAME, best_trial
@@ -47,25 +51,53 @@ def storage_url(storage: str | None, study_name: str) -> str:
 
 
 def load_study(storage: str, study_name: str) -> optuna.Study:
-    """An existing study; nothing is created, and bad input is one line naming the fix."""
-    if storage.startswith("sqlite:///"):
-        path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
-        if not path.is_file():
-            raise LrsearchError(
-                f"no storage at {redact(storage)}: {str(path)!r} does not exist; "
-                "pass --storage with the URL the study was run with"
-            )
+    """An existing study; nothing is created or changed, and bad input is one line naming the fix.
+
+    SQLite creates a missing file and Optuna's RDBStorage its tables on open: either would turn
+    a mistyped path or another program's database into an Optuna one. So the file and the
+    tables are looked at first, read-only, and the storage is opened without creating tables.
+    """
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _check_optuna_tables(storage)
     try:
-        rdb = optuna.storages.get_storage(storage)
+        rdb = optuna.storages.RDBStorage(storage, skip_table_creation=True)
         names = optuna.study.get_all_study_names(rdb)
-    except STORAGE_ERRORS as error:
+    except (*STORAGE_ERRORS, RuntimeError) as error:  # RuntimeError: a schema to upgrade
         raise storage_error(storage, error) from None
     if study_name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise LrsearchError(f"no study {study_name!r} in {redact(storage)}; studies there: {known}")
     return optuna.load_study(study_name=study_name, storage=rdb)
+
+
+# Every table of Optuna's schema, and alembic's record of its version: opening a database that
+# lacks one of them would create it.
+_OPTUNA_TABLES = {*BaseModel.metadata.tables, "alembic_version"}
+
+
+def _check_optuna_tables(storage: str) -> None:
+    fix = "pass --storage with the URL the study was run with"
+    database = sqlite_file(storage)
+    if database is not None and not database.is_file():
+        raise LrsearchError(
+            f"no storage at {redact(storage)}: {str(database)!r} does not exist; {fix}"
+        )
+    if database is not None and database.stat().st_size == 0:
+        raise LrsearchError(f"no storage at {redact(storage)}: {str(database)!r} is empty; {fix}")
+    try:
+        engine = sqlalchemy.create_engine(storage)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except STORAGE_ERRORS as error:
+        raise storage_error(storage, error) from None
+    missing = sorted(_OPTUNA_TABLES - tables)
+    if missing:
+        raise LrsearchError(
+            f"{redact(storage)} is not an Optuna storage: it has no table {missing[0]!r}; {fix}"
+        )
 
 
 def load_results(storage: str | None, study_name: str) -> pd.DataFrame:

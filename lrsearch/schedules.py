@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import sys
 import tempfile
 import types
 import typing
@@ -279,12 +280,16 @@ class Schedule:
             document["source"] = dict(source)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(document, indent=2, allow_nan=False) + "\n"  # fails before any file
         with tempfile.NamedTemporaryFile(
             "w", dir=target.parent, suffix=".tmp", delete=False
         ) as handle:
-            json.dump(document, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(handle.name, target)
+            handle.write(text)
+        try:
+            os.replace(handle.name, target)
+        except OSError:
+            os.unlink(handle.name)  # onto a folder, say: no stray temporary file beside it
+            raise
 
     def describe(self) -> str:
         """The schedule in words: family and every parameter that differs from its default."""
@@ -336,11 +341,24 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ScheduleError(f"cannot read schedule file {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ScheduleError(
+            f"schedule file {str(path)!r} is not UTF-8 text (byte "
+            f"{error.object[error.start]:#04x} at offset {error.start}); a schedule file is "
+            "JSON saved as UTF-8"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ScheduleError(
             f"schedule file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}"
+        ) from None
+    except (ValueError, RecursionError) as error:
+        # Python's own limits: an integer of more than 4300 digits, arrays nested too deep.
+        problem = "nests too deeply" if isinstance(error, RecursionError) else "has a huge number"
+        raise ScheduleError(
+            f"schedule file {str(path)!r} {problem}; a schedule is one JSON object of "
+            "finite numbers"
         ) from None
     try:
         return Schedule.from_dict(data)
@@ -401,7 +419,8 @@ def _coerce(family: str, name: str, hint: Any, value: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise refuse("a number")
-        if not math.isfinite(value):
+        # False for nan, inf, and an integer beyond float's range (1 followed by 400 zeros).
+        if not -sys.float_info.max <= value <= sys.float_info.max:
             raise ScheduleError(f"{family}: {name}={value!r} is not allowed; {name} must be finite")
         return float(value)
     raise TypeError(f"unsupported parameter annotation {hint!r}")  # a bug in a family definition

@@ -42,6 +42,18 @@ class TaskSource:
     models: Mapping[str, ModelFactory]
 
     def __post_init__(self) -> None:
+        for name in ("train_images", "train_labels", "test_images", "test_labels"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise LrsearchError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise LrsearchError(f"num_classes must be an int, got {self.num_classes!r}")
+        if not isinstance(self.models, Mapping) or not all(
+            isinstance(name, str) and callable(factory) for name, factory in self.models.items()
+        ):
+            raise LrsearchError(
+                f"models must map names (str) to functions that build a model, got {self.models!r}"
+            )
         if self.num_classes < 2:
             raise LrsearchError(f"num_classes must be at least 2, got {self.num_classes}")
         _check_split("train", self.train_images, self.train_labels, self.num_classes)
@@ -237,23 +249,37 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
         part.isidentifier() for part in module_name.split(".")
     ):
         raise LrsearchError(f"task {task!r} is not a valid import path; {expected}")
+    # The user's code may raise anything; its author sees the traceback with --debug.
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise LrsearchError(
             f"task {task!r}: cannot import {module_name!r} ({err}); {expected}"
         ) from err
+    except Exception as err:
+        raise LrsearchError(f"task {task!r}: importing {module_name!r} {_raised(err)}") from err
     build = getattr(module, function_name, None)
     if not callable(build):
         raise LrsearchError(
             f"task {task!r}: {module_name!r} has no function {function_name!r}; {expected}"
         )
-    source = build(data_dir)
+    try:
+        source = build(data_dir)
+    except LrsearchError as err:  # TaskSource's own checks, or the task's
+        raise LrsearchError(f"task {task!r}: {err}") from err
+    except Exception as err:
+        raise LrsearchError(f"task {task!r}: {function_name} {_raised(err)}") from err
     if not isinstance(source, TaskSource):
         raise LrsearchError(
             f"task {task!r} returned {type(source).__name__}, expected lrsearch.tasks.TaskSource"
         )
     return source
+
+
+def _raised(error: Exception) -> str:
+    """``raised ValueError: its message``, on one line."""
+    lines = str(error).strip().splitlines()
+    return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
 
 
 def load_source(task: str, data_dir: Path, download: bool = True) -> TaskSource:
@@ -303,6 +329,37 @@ def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
+def _check_model(task: str, name: str, source: TaskSource) -> None:
+    """Build the model once and run two images through it, so that a broken model factory, or
+    one made for other images, is one line before any trial rather than a failure in each."""
+    where = f"task {task!r}: model {name!r}"
+    state = torch.random.get_rng_state()  # building draws from the global generator
+    try:
+        model = source.models[name]()
+    except Exception as error:
+        raise LrsearchError(f"{where} {_raised(error)}") from error
+    finally:
+        torch.random.set_rng_state(state)
+    if not isinstance(model, nn.Module):
+        raise LrsearchError(f"{where} returned {type(model).__name__}, expected a torch.nn.Module")
+    images = source.train_images[:2].float()
+    try:
+        with torch.no_grad():
+            logits = model.eval()(images)
+    except Exception as error:
+        raise LrsearchError(
+            f"{where} cannot take the task's images of shape {tuple(images.shape[1:])}: "
+            f"{_raised(error)}"
+        ) from error
+    # More outputs than classes train (the extra logits are never the label); fewer cannot.
+    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
+    if shape is None or len(shape) != 2 or shape[0] != 2 or shape[1] < source.num_classes:
+        raise LrsearchError(
+            f"{where} returns {shape or type(logits).__name__} for 2 images; expected logits of "
+            f"shape (2, {source.num_classes})"
+        )
+
+
 def prepare_task(
     source: TaskSource,
     *,
@@ -322,6 +379,7 @@ def prepare_task(
         raise LrsearchError(
             f"task {name!r} has no model {model_name!r}; choose one of {', '.join(source.models)}"
         )
+    _check_model(name, model_name, source)
     n = len(source.train_images)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     n_val = _val_count(val_size, n)

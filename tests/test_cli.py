@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -32,12 +35,54 @@ lr = [0.01, 0.2]
 """
 
 
+BAD_TASKS = """
+import torch
+
+from lrsearch.tasks import TaskSource, lenet
+
+
+def raises(data_dir):
+    raise ValueError("no images here")
+
+
+def no_argument():
+    raise AssertionError("never called")
+
+
+def string_classes(data_dir):
+    return TaskSource(
+        train_images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8),
+        train_labels=torch.zeros(4, dtype=torch.int64),
+        test_images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8),
+        test_labels=torch.zeros(4, dtype=torch.int64),
+        num_classes="10",
+        models={"lenet": lenet},
+    )
+"""
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     write_mnist_like(root / "data", "FashionMNIST", n_train=300, n_test=100)
     (root / "study.toml").write_text(STUDY)
+    (root / "bad_tasks.py").write_text(BAD_TASKS)
+    (root / "import_fails.py").write_text("raise RuntimeError('needs a GPU')\n")
+    (root / "syntax_error.py").write_text("def build(data_dir)\n")
+    (root / "empty.db").touch()
+    other = sqlite3.connect(root / "other.db")  # another application's database
+    other.execute("CREATE TABLE notes (text TEXT)")
+    other.commit()
+    other.close()
     return root
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for a folder), to compare before/after."""
+    return {
+        str(path.relative_to(root)): path.read_bytes() if path.is_file() else None
+        for path in root.rglob("*")
+    }
 
 
 def lrsearch(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -155,6 +200,63 @@ def test_a_bad_option_in_a_subprocess_is_one_line_and_exit_2(workdir: Path) -> N
             ["best", "--confirmed", "--study-name", "cli", "--storage", "sqlite:///untouched.db"],
             "does not exist",
         ),
+        # Values: checked in the config before the storage is created, naming what is allowed.
+        (["run", "--seed", "-1"], "seed=-1 is not allowed; it must be in [0, 4294967295]"),
+        (["run", "--seed", str(2**40)], f"seed={2**40} is not allowed; it must be in [0, "),
+        (["run", "--timeout", "nan"], "timeout=nan is not allowed; it must be a finite number"),
+        (["run", "--timeout", "inf"], "timeout=inf is not allowed"),
+        (["run", "--timeout=-inf"], "timeout=-inf is not allowed"),
+        (["run", "--n-trials", str(2**70)], f"n_trials={2**70} is not allowed; it must fit in 64"),
+        (["run", "--epochs", "-1"], "epochs=-1"),
+        (["run", "--epochs", str(2**64)], f"epochs={2**64} is not allowed"),
+        (["confirm", "--epochs", "3", "--seeds", "0"], "--seeds 0 is not allowed"),
+        (["confirm", "--epochs", "3", "--seeds", str(2**32 + 1)], "seed + seeds - 1 must be <="),
+        (["plot", "--study-name", "cli", "--out", "o", "--top", "0"], "--top 0 is not allowed"),
+        # Output paths: checked before the study is opened.
+        (["run", "--artifact-dir", "study.toml"], "--artifact-dir 'study.toml' is a file; it must"),
+        (["run", "--artifact-dir", "study.toml/a"], "cannot be created: 'study.toml' is a file"),
+        (
+            ["run", "--storage", "sqlite:///study.toml/sub/s.db"],
+            "its folder 'study.toml/sub' cannot be created: 'study.toml' is a file",
+        ),
+        (["run", "--storage", "sqlite:///data"], "the SQLite storage 'data' is a folder"),
+        (
+            ["export", "--study-name", "cli", "--storage", "sqlite:///e.db", "--out", "study.toml"],
+            "--out 'study.toml' is a file; it must be a folder",
+        ),
+        (
+            ["plot", "--study-name", "cli", "--storage", "sqlite:///e.db", "--out", "study.toml/p"],
+            "--out 'study.toml/p' cannot be created: 'study.toml' is a file",
+        ),
+        (
+            ["best", "--study-name", "cli", "--storage", "sqlite:///e.db", "--out", "data"],
+            "--out 'data' is a folder; it must be a file name",
+        ),
+        (
+            ["best", "--study-name", "cli", "--storage", "sqlite:///e.db", "--out", "study.toml/b"],
+            "its folder 'study.toml' is a file",
+        ),
+        # Reading commands never turn a file into an Optuna storage.
+        *(
+            ([command, "--study-name", "cli", "--storage", storage, "--out", "out"], message)
+            for command in ("export", "plot", "best")
+            for storage, message in (
+                ("sqlite:///empty.db", "'empty.db' is empty"),
+                ("sqlite:///other.db", "is not an Optuna storage: it has no table"),
+                ("sqlite:///study.toml", "file is not a database"),
+            )
+        ),
+        (["confirm", "--epochs", "3", "--storage", "sqlite:///empty.db"], "'empty.db' is empty"),
+        (["confirm", "--epochs", "3", "--storage", "sqlite:///other.db"], "not an Optuna storage"),
+        # A user's task that is broken.
+        (
+            ["run", "--task", "import_fails:build"],
+            "task 'import_fails:build': importing 'import_fails' raised RuntimeError: needs a GPU",
+        ),
+        (["run", "--task", "syntax_error:build"], "raised SyntaxError"),
+        (["run", "--task", "bad_tasks:raises"], "raises raised ValueError: no images here"),
+        (["run", "--task", "bad_tasks:no_argument"], "no_argument raised TypeError"),
+        (["run", "--task", "bad_tasks:string_classes"], "num_classes must be an int, got '10'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -165,8 +267,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     message: str,
 ) -> None:
     monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing a task module writes none
+    monkeypatch.delenv("LRSEARCH_DEBUG", raising=False)
     (workdir / "empty").mkdir(exist_ok=True)
-    before = sorted(p.name for p in workdir.rglob("*"))
+    before = snapshot(workdir)
     # The case's own options come last, and argparse keeps the last occurrence.
     defaults = [
         "--study",
@@ -180,5 +284,96 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("lrsearch: error: ") and err.count("\n") == 1
-    assert message in err and "secret" not in err
-    assert sorted(p.name for p in workdir.rglob("*")) == before
+    assert message in err and "secret" not in err and "Traceback" not in err
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("option", [["--seed", "-1"], ["--seed", str(2**40)], ["--timeout", "nan"]])
+def test_a_bad_value_is_refused_before_the_default_storage_is_created(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.toml").write_text(STUDY)
+    assert main(["run", "--study", "study.toml", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{option[0].lstrip('-')}={option[1]} is not allowed" in err
+    assert "storage" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["study.toml"]
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody here may write into (root ignores permissions, not a read-only mount)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):
+        folder = Path("/proc/sys")  # read-only in containers, for root too
+    if os.access(folder, os.W_OK):
+        pytest.skip("no unwritable folder here")
+    yield folder
+    (tmp_path / "locked").chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--artifact-dir", "{locked}/art"], "--artifact-dir '{locked}/art' cannot be"),
+        (["run", "--artifact-dir", "{locked}"], "--artifact-dir '{locked}' is not writable"),
+        (["run", "--storage", "sqlite:///{locked}/s.db"], "its folder '{locked}' is not writable"),
+        (["export", "--out", "{locked}/out"], "--out '{locked}/out' cannot be created"),
+        (["plot", "--out", "{locked}"], "--out '{locked}' is not writable"),
+        (["best", "--out", "{locked}/best.json"], "its folder '{locked}' is not writable"),
+    ],
+)
+def test_an_unwritable_output_is_one_line_before_anything_is_written(
+    workdir: Path,
+    unwritable: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(workdir)
+    before = snapshot(workdir)
+    args = [arg.format(locked=unwritable) for arg in args]
+    common = ["--study", "study.toml", "--data-dir", "data", "--storage", "sqlite:///untouched.db"]
+    if args[0] != "run":
+        common = ["--study-name", "cli", "--storage", "sqlite:///untouched.db"]
+    assert main([args[0], *common, *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrsearch: error: ") and err.count("\n") == 1
+    assert message.format(locked=unwritable) in err
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("switch", [["--debug"], []])
+def test_debug_prints_the_causes_traceback_before_the_one_line(
+    workdir: Path, switch: list[str]
+) -> None:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("LRSEARCH_DEBUG", None)
+    if not switch:
+        env["LRSEARCH_DEBUG"] = "1"
+    argv = [*switch, "run", "--study", "study.toml", "--task", "bad_tasks:raises"]
+    result = subprocess.run(
+        [sys.executable, "-m", "lrsearch", *argv, "--storage", "sqlite:///untouched.db"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2
+    assert lines[0] == "Traceback (most recent call last):"
+    assert 'raise ValueError("no images here")' in result.stderr
+    assert (
+        lines[-1]
+        == "lrsearch: error: task 'bad_tasks:raises': raises raised ValueError: no images here"
+    )
+    assert not (workdir / "untouched.db").exists()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +79,23 @@ def test_overrides_apply_by_section_and_are_validated(tmp_path: Path) -> None:
         ("[space]\nlr = [1.0, 0.1]", "empty"),
         ("[space]\nfamilies = ['cosine', 'triangle']", "unknown schedule family 'triangle'"),
         ("task = 3", "[task] must be a table"),
+        ("[study]\nseed = -1", "seed=-1 is not allowed; it must be in [0, 4294967295]"),
+        ("[study]\nseed = 4294967296", "seed=4294967296 is not allowed"),
+        ("[task]\nsplit_seed = -1", "split_seed=-1 is not allowed; it must be in [0, "),
+        ("[study]\ntimeout = nan", "timeout=nan is not allowed; it must be a finite number"),
+        ("[study]\ntimeout = inf", "timeout=inf is not allowed"),
+        ("[study]\ntimeout = 1e400", "timeout=inf is not allowed"),
+        ("[training]\nweight_decay = nan", "weight_decay=nan is not allowed"),
+        ("[training]\ndivergence_factor = inf", "divergence_factor=inf is not allowed"),
+        ("[training]\nmomentum = -nan", "momentum=nan is not allowed"),
+        ("[training]\nepochs = 9223372036854775808", "epochs=9223372036854775808 is not allowed"),
+        ("[study]\nn_trials = -9223372036854775809", "it must fit in 64 bits"),
+        ("[training]\nweight_decay = 1" + "0" * 400, "training.weight_decay=1000"),
+        ("[space]\nlr = [0.01, 1" + "0" * 400 + "]", "space.lr=1000"),
+        ("[space]\ncosine = {min_lr = [0, 1" + "0" * 30 + "]}", "space.cosine.min_lr=1000"),
+        ("[task]\nval_size = 0", "val_size=0 is not allowed; it must be an integer >= 1"),
+        ("[task]\nval_size = 1.5", "val_size=1.5 is not allowed"),
+        ("[task]\nval_size = nan", "val_size=nan is not allowed"),
     ],
 )
 def test_bad_study_files_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -90,3 +110,47 @@ def test_bad_study_files_are_one_line_errors(tmp_path: Path, text: str, message:
 def test_a_missing_study_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(LrsearchError, match=r"cannot read study file .*nowhere\.toml"):
         load_study_file(tmp_path / "nowhere.toml")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[study]\nname = '\xff\xfe'\n", "is not UTF-8 text (byte 0xff at offset 16)"),
+        ("[study]\nname = 'x'\n".encode("utf-16"), "is not UTF-8 text"),
+        (b"\x89PNG\r\n\x1a\n\x00", "is not UTF-8 text"),
+        (b"a = " + b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        (b"[study]\nseed = 1" + b"0" * 5000, "has a huge number"),
+    ],
+)
+def test_files_that_are_not_readable_toml_name_the_file(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    with pytest.raises(LrsearchError) as error:
+        load_study_file(path)
+    assert message in str(error.value) and str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"study": {"seed": -1}}, "seed=-1 is not allowed"),
+        ({"study": {"seed": 2**40}}, f"seed={2**40} is not allowed"),
+        ({"study": {"timeout": math.nan}}, "timeout=nan is not allowed"),
+        ({"study": {"timeout": math.inf}}, "timeout=inf is not allowed"),
+        ({"study": {"n_trials": 2**70}}, "it must fit in 64 bits"),
+        ({"training": {"epochs": -(2**70)}}, "it must fit in 64 bits"),
+    ],
+)
+def test_overrides_refuse_what_the_file_would(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(LrsearchError, match=re.escape(message)):
+        load_study_file(STUDIES / "quick.toml").with_overrides(**overrides)
+
+
+def test_a_config_built_directly_is_checked_too() -> None:
+    with pytest.raises(LrsearchError, match="timeout=nan"):
+        StudyConfig(name="x", timeout=math.nan)
+    with pytest.raises(LrsearchError, match="seed=4294967296"):
+        StudyConfig(name="x", seed=2**32)

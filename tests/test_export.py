@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,8 @@ import torch
 
 import lrsearch
 from lrsearch.cli import main
-from lrsearch.export import intermediate_table
+from lrsearch.errors import LrsearchError
+from lrsearch.export import intermediate_table, load_study
 from lrsearch.schedules import Schedule, ScheduleError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +151,57 @@ def test_missing_storage_file_is_not_created(
     assert main(argv) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not database.exists() and not out.exists()
+
+
+def _other_application(path: Path) -> None:
+    database = sqlite3.connect(path)
+    database.execute("CREATE TABLE notes (text TEXT)")
+    database.execute("INSERT INTO notes VALUES ('keep me')")
+    database.commit()
+    database.close()
+
+
+def _optuna_without_heartbeats(path: Path) -> None:
+    optuna.create_study(study_name="quick", storage=f"sqlite:///{path}")
+    database = sqlite3.connect(path)
+    database.execute("DROP TABLE trial_heartbeats")
+    database.commit()
+    database.close()
+
+
+@pytest.mark.parametrize("command", ["export", "plot", "best"])
+@pytest.mark.parametrize(
+    ("make", "complaint"),
+    [
+        (lambda path: path.touch(), "is empty"),
+        (_other_application, "is not an Optuna storage: it has no table 'alembic_version'"),
+        (_optuna_without_heartbeats, "it has no table 'trial_heartbeats'"),
+        (lambda path: path.write_bytes(b"\x00\xff" * 512), "file is not a database"),
+    ],
+)
+def test_reading_never_turns_a_file_into_an_optuna_storage(
+    command: str,
+    make: Callable[[Path], None],
+    complaint: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database = tmp_path / "some.db"
+    make(database)
+    before = database.read_bytes()
+    out = tmp_path / "out"
+    argv = [command, "--study-name", "quick", "--storage", f"sqlite:///{database}"]
+    assert main([*argv, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("lrsearch: error: ") and error.count("\n") == 1
+    assert complaint in error and "Traceback" not in error
+    assert database.read_bytes() == before
+    assert sorted(tmp_path.iterdir()) == [database]
+
+
+def test_a_database_without_optuna_tables_is_refused_before_opening() -> None:
+    with pytest.raises(LrsearchError, match="sqlite:// is not an Optuna storage"):
+        load_study("sqlite://", "quick")  # in memory: RDBStorage would create the tables
 
 
 def test_unreachable_storage_is_one_line_without_password(

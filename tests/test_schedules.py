@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -435,27 +436,49 @@ def test_bad_documents_are_refused_naming_the_offender(document: Any, fragments:
         assert fragment in str(error.value)
 
 
-def _truncated(text: str) -> str:
-    return text[: len(text) // 2]
+def _truncated(text: str) -> bytes:
+    return text[: len(text) // 2].encode()
+
+
+def _lr(value: str) -> Callable[[str], bytes]:
+    return lambda text: re.sub(r'"lr": [^,\n]+', f'"lr": {value}', text).encode()
 
 
 @pytest.mark.parametrize(
     ("edit", "fragment"),
     [
-        (lambda text: "{format: lrsearch", "not valid JSON"),
+        (lambda text: b"{format: lrsearch", "not valid JSON"),
         (_truncated, "not valid JSON"),
-        (lambda text: "", "not valid JSON"),
+        (lambda text: b"", "not valid JSON"),
+        (lambda text: b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not UTF-8 text .byte 0x89 at offset 0"),
+        (lambda text: text.encode("utf-16"), "not UTF-8 text"),
+        (lambda text: b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        (lambda text: b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "nests too deeply"),
+        (_lr("1" + "0" * 5000), "has a huge number"),
+        (_lr("1" + "0" * 400), "lr must be finite"),
+        (_lr("-1" + "0" * 400), "lr must be finite"),
+        (_lr("1e400"), "lr=inf is not allowed"),
+        (_lr("NaN"), "lr=nan is not allowed"),
+        (_lr("Infinity"), "lr=inf is not allowed"),
     ],
 )
 def test_bad_files_are_refused_naming_the_file(
-    edit: Callable[[str], str], fragment: str, tmp_path: Path
+    edit: Callable[[str], bytes], fragment: str, tmp_path: Path
 ) -> None:
     path = tmp_path / "schedule.json"
     EXAMPLES["cosine"].save(path)
-    path.write_text(edit(path.read_text()))
+    path.write_bytes(edit(path.read_text()))
     with pytest.raises(ScheduleError, match=fragment) as error:
         load_schedule(path)
-    assert str(path) in str(error.value)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_saving_onto_a_folder_fails_without_leaving_a_temporary_file(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError):
+        EXAMPLES["cosine"].save(folder)
+    assert sorted(tmp_path.rglob("*")) == [folder]
 
 
 def test_missing_file_is_refused_naming_the_file(tmp_path: Path) -> None:

@@ -79,8 +79,12 @@ def numbered_source(n_train: int = 100, n_test: int = 10) -> TaskSource:
         test_images=torch.full((n_test, 1, 4, 4), 1000.0),
         test_labels=torch.arange(n_test) % 10,
         num_classes=10,
-        models={"lenet": lenet},
+        models={"linear": tiny_linear},
     )
+
+
+def tiny_linear() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
 
 
 def prepare(source: TaskSource, **overrides: Any) -> Task:
@@ -180,7 +184,7 @@ def test_mean_and_std_come_from_the_train_split_per_channel() -> None:
         test_images=torch.full((5, 3, 4, 4), 255, dtype=torch.uint8),
         test_labels=torch.zeros(5, dtype=torch.int64),
         num_classes=2,
-        models={"lenet": lenet},
+        models={"linear": lambda: nn.Sequential(nn.Flatten(), nn.Linear(48, 2))},
     )
 
     task = prepare(source, val_size=20)
@@ -294,6 +298,28 @@ def test_unknown_model_lists_the_task_models(tmp_path: Path) -> None:
         load("fashion-mnist", tmp_path, model="vgg")
 
 
+def broken_factory() -> nn.Module:
+    raise ValueError("no such layer")
+
+
+@pytest.mark.parametrize(
+    ("factory", "complaint"),
+    [
+        (broken_factory, "model 'm' raised ValueError: no such layer"),
+        (lambda: "a model", "model 'm' returned str, expected a torch.nn.Module"),
+        (lenet, r"model 'm' cannot take the task's images of shape \(1, 4, 4\)"),
+        (lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), r"returns \(2, 3\) for 2 images"),
+        (lambda: nn.Flatten(0), r"returns \(32,\) for 2 images; expected logits of shape"),
+    ],
+)
+def test_a_broken_model_is_one_line_before_any_trial(factory: Any, complaint: str) -> None:
+    source = numbered_source()
+    source = TaskSource(**{**vars(source), "models": {"m": factory}})
+    with pytest.raises(LrsearchError, match=complaint) as caught:
+        prepare(source)
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("val_size", [0, -3, 100, 150, 0.0, 1.0, 1.5, -0.2, 0.001])
 def test_invalid_val_size_is_named(val_size: int | float) -> None:
     with pytest.raises(LrsearchError, match=f"val_size {val_size!r} ") as caught:
@@ -339,6 +365,13 @@ def test_missing_cifar10_is_reported_even_when_md5_checks_are_skipped(
         ({"test_images": torch.zeros(4, 1, 4, 4)}, "differ"),
         ({"num_classes": 1}, "num_classes"),
         ({"models": {}}, "at least one model"),
+        ({"num_classes": "10"}, "num_classes must be an int, got '10'"),
+        ({"num_classes": True}, "num_classes must be an int, got True"),
+        ({"num_classes": 10.0}, "num_classes must be an int, got 10.0"),
+        ({"train_images": np.zeros((10, 1, 4, 4))}, "train_images must be a torch.Tensor"),
+        ({"test_labels": [0, 1, 2, 3]}, "test_labels must be a torch.Tensor, got list"),
+        ({"models": ["lenet"]}, "models must map names"),
+        ({"models": {"lenet": "lenet"}}, "models must map names"),
     ],
 )
 def test_task_source_rejects_malformed_tensors(changes: dict[str, Any], complaint: str) -> None:
@@ -378,6 +411,25 @@ def build(data_dir: Path) -> TaskSource:
 
 def wrong(data_dir: Path) -> list[int]:
     return [1, 2]
+
+
+def raises(data_dir: Path) -> TaskSource:
+    raise ValueError("no images in " + "the folder\\nsecond line")
+
+
+def no_argument() -> TaskSource:
+    return build(Path("."))
+
+
+def string_classes(data_dir: Path) -> TaskSource:
+    return TaskSource(
+        train_images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8),
+        train_labels=torch.arange(4) % 3,
+        test_images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8),
+        test_labels=torch.arange(4) % 3,
+        num_classes="10",
+        models={"tiny": lenet},
+    )
 
 
 not_a_function = 3
@@ -428,6 +480,46 @@ def test_bad_import_path_names_what_was_tried(
 def test_user_function_must_return_a_task_source(user_module: str, tmp_path: Path) -> None:
     with pytest.raises(LrsearchError, match=r"returned list, expected .*TaskSource"):
         load_source(f"{user_module}:wrong", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("function", "complaint"),
+    [
+        ("raises", ":raises': raises raised ValueError: no images in the folder$"),
+        ("no_argument", ":no_argument': no_argument raised TypeError: .*positional argument"),
+        ("string_classes", ":string_classes': num_classes must be an int, got '10'$"),
+    ],
+)
+def test_a_task_function_that_fails_is_one_line_naming_it(
+    function: str, complaint: str, user_module: str, tmp_path: Path
+) -> None:
+    with pytest.raises(LrsearchError, match=complaint) as caught:
+        load_source(f"{user_module}:{function}", tmp_path)
+    assert str(caught.value).startswith(f"task '{user_module}:{function}': ")
+    assert "\n" not in str(caught.value)
+    assert caught.value.__cause__ is not None  # what --debug prints
+
+
+@pytest.mark.parametrize(
+    ("source", "complaint"),
+    [
+        ("def build(data_dir)\n    pass\n", "importing '{module}' raised SyntaxError: "),
+        ("raise RuntimeError('no GPU here')\n", "importing '{module}' raised RuntimeError: no GPU"),
+        ("import json\njson.loads('{{')\n", "importing '{module}' raised JSONDecodeError: "),
+        ("import no_such_package_for_lrsearch\n", "cannot import '{module}'"),
+    ],
+)
+def test_a_task_module_that_fails_on_import_is_one_line_naming_it(
+    source: str, complaint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = f"user_task_{uuid.uuid4().hex}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(LrsearchError) as caught:
+        load_source(f"{module}:build", tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"task '{module}:build': ")
+    assert complaint.format(module=module) in message and "\n" not in message
 
 
 def test_example_custom_task_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
