@@ -24,3 +24,9 @@ def test_production_example_resumes_with_identical_lrs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "resumed at step 125: all 250 LRs equal the uninterrupted run" in result.stdout
     assert "cosine_restarts" in result.stdout
+    for line in (
+        "uninterrupted run: trained 250 steps",
+        "interrupted run: stopped at step 125",
+        "resumed run: trained 250 steps",
+    ):
+        assert result.stdout.count(line) == 1  # each line says which run it reports
