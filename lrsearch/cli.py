@@ -252,10 +252,10 @@ def _results(args: argparse.Namespace) -> int:
 
         written = export_study(args.storage, args.study_name, args.out)
     elif args.command == "plot":
-        from lrsearch.plots import plot_study
-
         if args.top < 1:
             raise LrsearchError(f"--top {args.top} is not allowed; it must be >= 1")
+        from lrsearch.plots import plot_study
+
         written = plot_study(args.storage, args.study_name, args.out, top=args.top)
     elif args.confirmed:
         from lrsearch.confirm import save_best_confirmed
