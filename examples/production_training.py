@@ -22,7 +22,7 @@ from lrsearch import schedules
 
 
 def train(
-    schedule: lrsearch.Schedule, steps: int, *, stop_at: int | None, checkpoint: Path
+    schedule: lrsearch.Schedule, steps: int, *, stop_at: int | None, checkpoint: Path, run: str
 ) -> list[float]:
     """Train ``steps`` steps (resuming from ``checkpoint`` when it exists); return the LRs used."""
     digits = load_digits()
@@ -55,6 +55,7 @@ def train(
                 },
                 checkpoint,
             )
+            print(f"{run}: stopped at step {step}, checkpoint saved")
             return lrs
         lrs.append(optimizer.param_groups[0]["lr"])
         loss = torch.nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
@@ -63,7 +64,9 @@ def train(
         optimizer.step()
         scheduler.step()
     accuracy = (model(inputs).argmax(1) == labels).float().mean().item()
-    print(f"trained {steps} steps, final loss {loss.item():.4f}, train accuracy {accuracy:.4f}")
+    print(
+        f"{run}: trained {steps} steps, final loss {loss.item():.4f}, train accuracy {accuracy:.4f}"
+    )
     return lrs
 
 
@@ -80,10 +83,24 @@ def main() -> None:
             print(f"no schedule given; using a demo one: {path}")
         schedule = lrsearch.load_schedule(path)
         print(f"schedule: {schedule.describe()}")
-        straight = train(schedule, args.steps, stop_at=None, checkpoint=Path(folder) / "none.pt")
+        straight = train(
+            schedule,
+            args.steps,
+            stop_at=None,
+            checkpoint=Path(folder) / "none.pt",
+            run="uninterrupted run",
+        )
         checkpoint = Path(folder) / "checkpoint.pt"
-        first = train(schedule, args.steps, stop_at=args.steps // 2, checkpoint=checkpoint)
-        resumed = first + train(schedule, args.steps, stop_at=None, checkpoint=checkpoint)
+        first = train(
+            schedule,
+            args.steps,
+            stop_at=args.steps // 2,
+            checkpoint=checkpoint,
+            run="interrupted run",
+        )
+        resumed = first + train(
+            schedule, args.steps, stop_at=None, checkpoint=checkpoint, run="resumed run"
+        )
     assert resumed == straight, "the resumed run's LRs differ from the uninterrupted run's"
     print(f"resumed at step {args.steps // 2}: all {len(straight)} LRs equal the uninterrupted run")
 

@@ -39,7 +39,7 @@ from lrsearch.schedules import Constant
 from lrsearch.tasks import Task, lenet, load_task
 from lrsearch.training import TrainConfig, resolve_device, train, uses_bf16
 
-__all__ = ["BenchConfig", "add_arguments", "main", "run"]
+__all__ = ["BenchConfig", "main", "run"]
 
 TASK = "fashion-mnist"
 DEFAULT_EPOCHS = 15  # studies/fashion_mnist.toml
@@ -301,18 +301,6 @@ def _cores() -> int:
 
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = BenchConfig()
-    for field in dataclasses.fields(BenchConfig):
-        value = getattr(defaults, field.name)
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            type=type(value),
-            default=value,
-            help=f"default {value}",
-        )
 
 
 def main(args: argparse.Namespace, command: str) -> int:

@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LrsearchError
 
@@ -26,8 +26,24 @@ __all__ = ["main"]
 DEFAULT_STUDY = Path("studies/fashion_mnist.toml")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, where it has one that its help does not already name."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, argparse.SUPPRESS, ()) and action.default is not False
+        if not shown or "default" in text:
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but its usage errors are one line and exit 2 like every other bad input."""
+
+    def __init__(
+        self, *, formatter_class: type[argparse.HelpFormatter] = _HelpFormatter, **kwargs: Any
+    ) -> None:
+        super().__init__(formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise LrsearchError(f"{self.prog}: {message}")
@@ -50,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_study_options(run)
     run.add_argument("--n-trials", type=int, help="trials to add in this run, all workers together")
-    run.add_argument(
-        "--workers", type=int, default=1, help="worker processes on this machine (default 1)"
-    )
+    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     run.add_argument(
         "--devices",
         type=lambda text: text.split(","),
@@ -122,11 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
             results.add_argument(
                 "--log-lr", action="store_true", help="draw the LR curves on a log scale"
             )
-    from lrsearch import bench
-
-    bench.add_arguments(
-        commands.add_parser("bench", help="time lrsearch's trial loop against the classic loop")
-    )
+    bench = commands.add_parser("bench", help="time lrsearch's trial loop against the classic loop")
+    # Declared here, not in lrsearch.bench, so that parsing never imports torch; the
+    # destinations are bench.BenchConfig's fields, which validates the values.
+    for option, default, help_text in (
+        ("--epochs", 3, "epochs of each loop"),
+        ("--batch-size", 128, "batch size of both loops"),
+        ("--repeats", 1, "runs of each loop; the table shows the median epoch over all of them"),
+        ("--images", 60_000, "training images, as in Fashion-MNIST"),
+        ("--trials", 3, "trials of the study that measures Optuna's overhead"),
+        ("--trial-epochs", 1, "epochs of each of those trials"),
+        ("--device", "auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"),
+    ):
+        bench.add_argument(option, type=type(default), default=default, help=help_text)
     return parser
 
 
@@ -150,6 +172,24 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="fashion-mnist, mnist, cifar10, or your own module:function")
     parser.add_argument("--model", help="model name offered by the task")
     parser.add_argument("--data-dir", type=Path, help="where the data set is, or is downloaded to")
+    parser.add_argument(
+        "--val-size",
+        type=_val_size,
+        metavar="N|FRACTION",
+        help="validation images carved from the training set: a count (5000) or a fraction (0.1)",
+    )
+
+
+def _val_size(text: str) -> int | float:
+    """A count stays an int and a fraction a float, as in the study file: 1 and 1.0 differ."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not allowed; give a count of images (5000) or a fraction in (0, 1) (0.1)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +229,12 @@ def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
         sys.path.insert(0, str(Path.cwd()))
     return load_study_file(args.study).with_overrides(
         study={"name": args.study_name, "storage": args.storage, "device": args.device, **study},
-        task={"name": args.task, "model": args.model, "data_dir": args.data_dir},
+        task={
+            "name": args.task,
+            "model": args.model,
+            "data_dir": args.data_dir,
+            "val_size": args.val_size,
+        },
     )
 
 
@@ -230,28 +275,34 @@ def _confirm(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from lrsearch.confirm import save_best_confirmed
-    from lrsearch.export import export_study, save_best
     from lrsearch.paths import check_file, check_folder
-    from lrsearch.plots import plot_study
 
     if args.command == "best":
         check_file(args.out, "--out")
     else:
         check_folder(args.out, "--out")
+    # Each command imports only its own module, so none pays for another's imports.
     if args.command == "export":
+        from lrsearch.export import export_study
+
         written = export_study(args.storage, args.study_name, args.out)
     elif args.command == "plot":
         if args.top < 1:
             raise LrsearchError(f"--top {args.top} is not allowed; it must be >= 1")
+        from lrsearch.plots import plot_study
+
         written = plot_study(
             args.storage, args.study_name, args.out, top=args.top, log_lr=args.log_lr
         )
     elif args.confirmed:
+        from lrsearch.confirm import save_best_confirmed
+
         winner, epochs = save_best_confirmed(args.storage, args.study_name, args.out)
         print(f"confirmed winner: {winner.label} at {epochs} epochs")
         written = [args.out]
     else:
+        from lrsearch.export import save_best
+
         trial = save_best(args.storage, args.study_name, args.out)
         print(f"best trial {trial.number} (val_accuracy {trial.value:.4f})")
         written = [args.out]

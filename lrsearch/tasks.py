@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,14 +233,50 @@ BUILTIN_TASKS: tuple[str, ...] = tuple(_BUILTINS)
 def _open_dataset(
     task: str, dataset_class: Any, data_dir: Path, train: bool, download: bool
 ) -> Any:
+    top = _first_missing(data_dir)
+    before = _paths(top)
     try:
         return dataset_class(root=data_dir, train=train, download=download)
     except (RuntimeError, OSError) as err:  # OSError covers urllib's URLError
-        reason = "downloading it failed" if download else "downloading is off"
+        # A failed download leaves empty folders that look like a data set on the next look.
+        _remove_new(top, before)
+        reason = f"downloading it failed ({_cause(err)})" if download else "downloading is off"
         raise LrsearchError(
             f"task {task!r}: no data set in {data_dir.resolve()} and {reason}; "
             "pass --data-dir pointing to an existing copy"
         ) from err
+
+
+def _first_missing(data_dir: Path) -> Path:
+    """The highest missing folder on the way to ``data_dir``, or ``data_dir`` when it exists:
+    everything a download may create lies under it."""
+    missing = [path for path in (data_dir, *data_dir.absolute().parents) if not path.exists()]
+    return missing[-1] if missing else data_dir
+
+
+def _paths(top: Path) -> set[Path]:
+    return {top, *top.rglob("*")} if top.exists() else set()
+
+
+def _remove_new(top: Path, before: set[Path]) -> None:
+    """Remove what appeared under ``top`` since ``before``; what was there stays untouched."""
+    new = _paths(top) - before
+    for path in new:
+        if path.parent not in new:  # the top of a created tree; its contents go with it
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _cause(err: BaseException) -> str:
+    """The root error's type and first line; torchvision's own message ends with the
+    mirrors' errors (the network's, offline), so its last line is kept too."""
+    while (parent := err.__cause__ or err.__context__) is not None:
+        err = parent
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    last = f" ... {lines[-1]}" if len(lines) > 1 else ""
+    return f"{type(err).__name__}: {lines[0]}{last}"
 
 
 def _load_user_source(task: str, data_dir: Path) -> TaskSource:
@@ -253,6 +290,14 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
+        top = module_name.split(".")[0]
+        if isinstance(err, ModuleNotFoundError) and err.name == top:
+            # The form is right; the module is just not where Python looks from here.
+            raise LrsearchError(
+                f"task {task!r}: cannot import {module_name!r}: no module {top!r} is importable "
+                f"from the working directory {Path.cwd()} or sys.path; run from the folder that "
+                f"contains {top}.py or the {top}/ package, or add that folder to PYTHONPATH"
+            ) from err
         raise LrsearchError(
             f"task {task!r}: cannot import {module_name!r} ({err}); {expected}"
         ) from err

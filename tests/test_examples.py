@@ -1,11 +1,15 @@
-"""examples/production_training.py runs as documented and its resume check holds."""
+"""The examples run as documented, and the schedule they carry is the one they train with."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import lrsearch
 from lrsearch import schedules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,3 +28,46 @@ def test_production_example_resumes_with_identical_lrs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "resumed at step 125: all 250 LRs equal the uninterrupted run" in result.stdout
     assert "cosine_restarts" in result.stdout
+    for line in (
+        "uninterrupted run: trained 250 steps",
+        "interrupted run: stopped at step 125",
+        "resumed run: trained 250 steps",
+    ):
+        assert result.stdout.count(line) == 1  # each line says which run it reports
+
+
+@pytest.mark.parametrize(
+    ("library", "example"),
+    [("lightning", "lightning_training"), ("transformers", "hf_trainer")],
+)
+def test_a_trainer_example_steps_the_schedule_once_per_optimizer_step(
+    library: str, example: str, tmp_path: Path
+) -> None:
+    pytest.importorskip(library)
+    if library == "transformers":
+        pytest.importorskip("accelerate")  # the Trainer needs it on torch
+    module = importlib.import_module(f"examples.{example}")
+    schedule = schedules.CosineRestarts(lr=0.1, first_cycle=0.3, warmup=0.1)
+    steps = 40
+
+    lrs = module.train(schedule, steps, tmp_path)
+
+    assert len(lrs) == steps
+    assert lrs == pytest.approx([schedule(step, steps) for step in range(steps)], rel=1e-9)
+    assert len(set(lrs)) > steps // 2  # per step, not per epoch: the LR keeps changing
+
+
+def test_own_objective_example_searches_and_saves_a_loadable_schedule(tmp_path: Path) -> None:
+    out = tmp_path / "best.json"
+    result = subprocess.run(
+        [sys.executable, "examples/own_objective.py", "--trials=3", "--epochs=1", f"--out={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("3 trials; best trial ")
+    schedule = lrsearch.load_schedule(out)
+    assert schedule.family in ("cosine", "one_cycle", "step", "wsd")
+    assert f"schedule: {schedule.describe()}\n" in result.stdout

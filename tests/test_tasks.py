@@ -351,6 +351,37 @@ def test_missing_cifar10_is_reported_even_when_md5_checks_are_skipped(
         load_source("cifar10", tmp_path, download=False)
 
 
+@pytest.mark.parametrize("task", BUILTIN_TASKS)
+def test_a_failed_download_names_its_cause_and_leaves_no_folder_behind(
+    task: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data" / "sets"
+
+    with pytest.raises(LrsearchError) as caught:
+        load_source(task, data_dir, download=True)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "downloading it failed (" in message
+    assert "<urlopen error network disabled in tests>" in message  # from no_network
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("task", BUILTIN_TASKS)
+def test_a_failed_download_keeps_what_was_there(task: str, tmp_path: Path) -> None:
+    folder = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "cifar-10-batches-py"}
+    (tmp_path / folder[task]).mkdir()
+    (tmp_path / folder[task] / "notes.txt").write_text("mine")
+    (tmp_path / "other.bin").write_bytes(b"mine")
+    before = sorted(tmp_path.rglob("*"))
+
+    with pytest.raises(LrsearchError, match="downloading it failed"):
+        load_source(task, tmp_path, download=True)
+
+    assert sorted(tmp_path.rglob("*")) == before
+    assert (tmp_path / folder[task] / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize(
     ("changes", "complaint"),
     [
@@ -457,7 +488,7 @@ def test_user_task_loads_from_an_import_path(user_module: str, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("spec", "complaint"),
     [
-        ("no_such_module_for_lrsearch:build", "cannot import 'no_such_module_for_lrsearch'"),
+        ("{module}.sub:build", "cannot import '{module}.sub'"),
         ("{module}:missing", "has no function 'missing'"),
         ("{module}:not_a_function", "has no function 'not_a_function'"),
         ("{module}:", "not a valid import path"),
@@ -471,10 +502,26 @@ def test_bad_import_path_names_what_was_tried(
 ) -> None:
     task = spec.format(module=user_module)
 
-    with pytest.raises(LrsearchError, match=complaint) as caught:
+    with pytest.raises(LrsearchError, match=complaint.format(module=user_module)) as caught:
         load_source(task, tmp_path)
     assert repr(task) in str(caught.value)
     assert "module:function" in str(caught.value)
+
+
+@pytest.mark.parametrize("module", ["no_such_module_for_lrsearch", "no_such_package_xyz.tasks"])
+def test_a_module_not_on_the_path_says_where_python_looked(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(LrsearchError) as caught:
+        load_source(f"{module}:build", tmp_path)
+
+    message = str(caught.value)
+    top = module.split(".")[0]
+    assert f"no module {top!r} is importable from the working directory {tmp_path}" in message
+    assert f"contains {top}.py or the {top}/ package" in message and "PYTHONPATH" in message
+    assert "expected the form" not in message  # the form was right
 
 
 def test_user_function_must_return_a_task_source(user_module: str, tmp_path: Path) -> None:
