@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import itertools
+import math
 import os
 import platform
 import resource
@@ -37,12 +39,22 @@ from lrsearch.errors import LrsearchError
 from lrsearch.idx import write_mnist_like
 from lrsearch.schedules import Constant
 from lrsearch.tasks import Task, lenet, load_task
-from lrsearch.training import TrainConfig, resolve_device, train, uses_bf16
+from lrsearch.training import (
+    EpochMetrics,
+    Member,
+    TrainConfig,
+    resolve_device,
+    train_population,
+    uses_bf16,
+)
 
 __all__ = ["BenchConfig", "main", "run"]
 
 TASK = "fashion-mnist"
 DEFAULT_EPOCHS = 15  # studies/fashion_mnist.toml
+QUICK_TASK = "examples.custom_task:build"  # studies/quick.toml, run from the repository root
+QUICK_BATCH = 32
+POPULATIONS = (1, 2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -136,20 +148,44 @@ def bench_task(root: Path, config: BenchConfig, device: torch.device) -> Task:
     )
 
 
-def lrsearch_epochs(task: Task, config: BenchConfig, *, bf16: bool) -> list[float]:
-    """A real trial, timed per epoch; its epoch also evaluates the validation split."""
+def lrsearch_epochs(
+    task: Task, config: BenchConfig, *, bf16: bool, members: int = 1, batch_size: int | None = None
+) -> list[float]:
+    """Real trials, a population of ``members``, timed per epoch and divided by ``members``:
+    seconds per member-epoch. Each epoch also evaluates the validation split."""
     stamps = [time.perf_counter()]
-    result = train(
-        task,
-        # With momentum 0.9 SGD moves about lr / (1 - 0.9) per step: the classic loop's 0.3.
-        Constant(lr=0.03),
-        TrainConfig(epochs=config.epochs, batch_size=config.batch_size, bf16=bf16),
-        seed=0,
-        report=lambda _epoch, _accuracy: stamps.append(time.perf_counter()),
+
+    def stamp(_metrics: EpochMetrics) -> tuple[int, ...]:
+        stamps.append(time.perf_counter())
+        return ()
+
+    training = TrainConfig(
+        epochs=config.epochs, batch_size=batch_size or config.batch_size, bf16=bf16
     )
-    if result.diverged_step is not None:  # a shortened run would time fewer epochs
-        raise RuntimeError(f"the benchmark's trial diverged: {result.diverged_reason}")
-    return [end - start for start, end in itertools.pairwise(stamps)]
+    # With momentum 0.9 SGD moves about lr / (1 - 0.9) per step: the classic loop's 0.3.
+    population = [Member(Constant(lr=0.03), seed) for seed in range(members)]
+    result = train_population(task, population, training, data_seed=0, on_epoch=stamp)
+    diverged = [m.diverged_reason for m in result.members if m.diverged_step is not None]
+    if diverged:  # a shortened run would time fewer epochs
+        raise RuntimeError(f"the benchmark's trial diverged: {diverged[0]}")
+    return [(end - start) / members for start, end in itertools.pairwise(stamps)]
+
+
+def quick_task(device: torch.device) -> Task | None:
+    """The quick study's task (scikit-learn's digits, a small MLP), where the working
+    directory is the repository root; None elsewhere."""
+    try:
+        return load_task(
+            QUICK_TASK,
+            model=None,
+            data_dir=Path("data"),
+            val_size=0.2,
+            split_seed=0,
+            device=device,
+            download=False,
+        )
+    except LrsearchError:
+        return None
 
 
 def optuna_overhead(root: Path, config: BenchConfig) -> tuple[float, float]:
@@ -220,6 +256,29 @@ def run(config: BenchConfig, command: str) -> str:
             fp32: (per_epoch, lambda: lrsearch_epochs(full, config, bf16=False)),
             bf16: (per_epoch, lambda: lrsearch_epochs(full, config, bf16=True)),
         }
+        # Populations train K members a pass; their rows are per member-epoch.
+        for members in POPULATIONS[1:]:
+            loops[f"lrsearch {default} population {members}"] = (
+                per_epoch,
+                functools.partial(
+                    lrsearch_epochs, full, config, bf16=default == "bf16", members=members
+                ),
+            )
+        digits = quick_task(device)
+        if digits is not None:
+            digits_images = len(digits.train_labels) // QUICK_BATCH * QUICK_BATCH
+            for members in POPULATIONS:
+                loops[f"quick MLP {default} population {members}"] = (
+                    digits_images,
+                    functools.partial(
+                        lrsearch_epochs,
+                        digits,
+                        config,
+                        bf16=default == "bf16",
+                        members=members,
+                        batch_size=QUICK_BATCH,
+                    ),
+                )
         seconds: dict[str, list[float]] = {loop: [] for loop in loops}
         peak_device: dict[str, float | None] = {}
         peak_rss: dict[str, float] = {}
@@ -244,7 +303,8 @@ def run(config: BenchConfig, command: str) -> str:
             f"machine   {_cpu_name()}, {_cores()} cores; device {_device_name(device)}",
             f"torch     {torch.__version__}, {torch.get_num_threads()} threads",
             f"workload  LeNet, {config.images} images, batch {config.batch_size}, "
-            f"{config.epochs} epochs x {config.repeats} repeats",
+            f"{config.epochs} epochs x {config.repeats} repeats; population rows: seconds per "
+            "member-epoch (one model's epoch), their speedup against the classic LeNet epoch",
             "",
             *_format_table(table),
             "",
@@ -261,14 +321,16 @@ def run(config: BenchConfig, command: str) -> str:
 
 
 def _format_table(rows: list[Row]) -> list[str]:
-    classic = rows[0].epoch_seconds
+    """Speedups against the classic LeNet loop; the quick MLP's against its own population 1."""
+    quick = [r.epoch_seconds for r in rows if r.loop.startswith("quick MLP")]
+    bases = {"": rows[0].epoch_seconds, "quick": quick[0] if quick else math.nan}
     header = ("loop", "epoch s", "images/s", "speedup", "peak RSS MiB", "peak device MiB")
     cells = [
         (
             row.loop,
-            f"{row.epoch_seconds:.2f}",
+            f"{row.epoch_seconds:.3f}",
             f"{row.images / row.epoch_seconds:,.0f}",
-            f"{classic / row.epoch_seconds:.2f}x",
+            f"{bases['quick' if row.loop.startswith('quick') else ''] / row.epoch_seconds:.2f}x",
             f"{row.peak_rss_mib:,.0f}",
             "-" if row.peak_device_mib is None else f"{row.peak_device_mib:,.0f}",
         )

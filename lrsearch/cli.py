@@ -77,8 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long"
     )
-    run.add_argument("--seed", type=int, help="sampler seed; trial k trains with seed + k")
+    run.add_argument(
+        "--seed",
+        type=int,
+        help="sampler seed; a new study's trials all train with seeds seed .. seed + seeds - 1",
+    )
     run.add_argument("--epochs", type=int, help="epochs per trial")
+    run.add_argument(
+        "--seeds", type=int, help="initialisation seeds per trial, scored by their mean (new study)"
+    )
+    run.add_argument(
+        "--population",
+        type=int,
+        help="trials trained together in one pass over the data; default: measured per device",
+    )
+    run.add_argument(
+        "--threads", type=int, help="CPU threads of each process; default: measured, see README"
+    )
     run.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
@@ -245,8 +260,15 @@ def _run(args: argparse.Namespace) -> int:
     from lrsearch.study import default_artifact_dir
 
     config = _study_config(
-        args, n_trials=args.n_trials, timeout=args.timeout, seed=args.seed, baselines=args.baselines
-    ).with_overrides(training={"epochs": args.epochs})
+        args,
+        n_trials=args.n_trials,
+        timeout=args.timeout,
+        seed=args.seed,
+        seeds=args.seeds,
+        baselines=args.baselines,
+    ).with_overrides(
+        training={"epochs": args.epochs, "population": args.population, "threads": args.threads}
+    )
     storage = config.storage or default_storage(config.name)
     database = sqlite_file(storage)
     if database is not None:

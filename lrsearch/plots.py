@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
-import numpy.typing as npt
 import optuna
 
 from lrsearch.baselines import BASELINE_ATTR
@@ -28,56 +27,11 @@ from lrsearch.verdict import trial_family, trial_scores
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["PLOT_DPI", "PLOT_SIZE", "plot_study", "save_lr_curve"]
+__all__ = ["PLOT_DPI", "PLOT_SIZE", "plot_study"]
 
 PLOT_SIZE = (9.0, 5.6)  # inches; at PLOT_DPI every study plot is 900 x 560 pixels
 PLOT_DPI = 100
-CURVE_PIXELS = (320, 200)  # the per-trial artifact, a few kB
-CURVE_FONT = 24  # pixels: about 15 where optuna-dashboard shrinks the image to 200 wide
 MIN_IMPORTANCE_TRIALS = 5  # below this Optuna's evaluators return equal shares or fail
-
-
-def save_lr_curve(schedule: Schedule, steps: int, path: Path) -> None:
-    """The LR of every step of a ``steps``-step run, drawn straight with Pillow.
-
-    Every trial writes one, so it must cost next to nothing: matplotlib took
-    about 0.19 s a trial, a line drawn with Pillow takes milliseconds.
-    optuna-dashboard shows it about 200 px wide, so the text is large and
-    sparse: the family, the lowest and highest LR of the run (not 0, when the
-    schedule has a floor) and the step count.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    width, height = CURVE_PIXELS
-    font = ImageFont.load_default(size=CURVE_FONT)
-    curve = schedule.curve(steps)
-    low, high = curve_range(curve)
-    labels = (f"{high:.2g}", f"{low:.2g}")
-    left = 10 + int(max(font.getlength(label) for label in labels))
-    right, top, bottom = width - 10, CURVE_FONT + 10, height - CURVE_FONT - 10
-    image = Image.new("RGB", CURVE_PIXELS, "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((left, top, right, bottom), outline="#888888")
-    columns = np.linspace(0, steps - 1, right - left).round().astype(np.int64)
-    fractions = (curve[columns] - low) / (high - low)
-    pad = 3  # keeps a line at the lowest or highest LR off the frame
-    points = [
-        (left + i, bottom - pad - value * (bottom - top - 2 * pad))
-        for i, value in enumerate(fractions.tolist())
-    ]
-    draw.line(points, fill="#1f77b4", width=3)
-    draw.text((left, 2), schedule.family, fill="black", font=font)
-    draw.text((left - 5, top), labels[0], fill="black", font=font, anchor="ra")
-    draw.text((left - 5, bottom), labels[1], fill="black", font=font, anchor="rd")
-    draw.text((left, height - 4), "0", fill="black", font=font, anchor="ld")
-    draw.text((right, height - 4), f"{steps:,} steps", fill="black", font=font, anchor="rd")
-    image.save(path, format="PNG", optimize=False)
-
-
-def curve_range(curve: npt.NDArray[np.float64]) -> tuple[float, float]:
-    """The LR axis of a curve: its real minimum and maximum, from 0 for a flat one."""
-    low, high = float(curve.min()), float(curve.max())
-    return (low, high) if high > low else (0.0, max(high, 1e-12))
 
 
 def plot_study(

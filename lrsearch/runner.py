@@ -17,7 +17,6 @@ import signal
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -53,6 +52,7 @@ from lrsearch.study import (
     training_seeds,
 )
 from lrsearch.tasks import Task
+from lrsearch.thumbnail import attach_lr_curve
 from lrsearch.training import (
     EpochMetrics,
     Member,
@@ -174,6 +174,13 @@ class Run:
         )
 
 
+HOW = {
+    "stacked": "as one wide network",
+    "vmap": "through torch.func.vmap (the model cannot be stacked wide)",
+    "loop": "one member after another (the model runs neither stacked nor under vmap)",
+}
+
+
 class Progress:
     """On a terminal, a bar whose postfix shows the best so far; in a log file, one line per
     finished trial (a bar there is one long line of carriage returns)."""
@@ -181,6 +188,7 @@ class Progress:
     def __init__(self, total: int, out: TextIO, trials: Sequence[optuna.trial.FrozenTrial]) -> None:
         self.out = out
         self.best = best_trial(trials)
+        self.path: str | None = None  # how the last population ran (lrsearch.stacking)
         self.bar: tqdm | None = None
         if out.isatty():
             self.bar = tqdm(total=total, desc="trials", unit="trial", file=out, dynamic_ncols=True)
@@ -201,7 +209,20 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(text)
 
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.out)
+        else:
+            print(text, file=self.out, flush=True)
+
     def trial_done(self, trial: optuna.trial.FrozenTrial) -> None:
+        path = trial.user_attrs.get("population_path")
+        if path is not None and path != self.path:
+            self.path = path
+            self.note(
+                f"populations of up to {trial.user_attrs.get('population')} trials x "
+                f"{len(trial.user_attrs.get('seeds', [0]))} seed(s) run {HOW[path]}"
+            )
         self.best = best_trial([t for t in (self.best, trial) if t is not None])
         best = (
             "none yet" if self.best is None else f"{self.best.value:.4f} (trial {self.best.number})"
@@ -343,7 +364,7 @@ def _run_population(
             "split_seed": config.task.split_seed,
         }.items():
             trial.set_user_attr(key, value)
-        _attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
+        attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
     width = len(seeds)
     stopped: set[int] = set()  # trials pruned or with a diverged seed
 
@@ -446,22 +467,3 @@ def _finite_mean(values: Sequence[float]) -> float | None:
     """The storage keeps JSON, which has no NaN: an undefined mean is None."""
     mean = statistics.mean(values) if values else math.nan
     return mean if math.isfinite(mean) else None
-
-
-def _attach_lr_curve(
-    trial: optuna.Trial,
-    schedule: Schedule,
-    steps: int,
-    artifacts: optuna.artifacts.FileSystemArtifactStore,
-) -> None:
-    from lrsearch.plots import save_lr_curve  # imports this module; and matplotlib is heavy
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"lr_curve_trial_{trial.number}.png"
-        save_lr_curve(schedule, steps, path)
-        optuna.artifacts.upload_artifact(
-            artifact_store=artifacts,
-            file_path=str(path),
-            study_or_trial=trial,
-            mimetype="image/png",
-        )

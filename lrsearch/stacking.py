@@ -79,13 +79,13 @@ def stack_models(models: Sequence[nn.Module], probe: torch.Tensor) -> StackedMod
     backward must also run. The models' parameters are copied, the models left unchanged.
     """
     reasons = []
-    for build in (_stacked, _vmapped, _looped):
+    for name, build in (("stacked", _stacked), ("vmap", _vmapped), ("loop", _looped)):
         try:
             candidate = build(models)
             _check(candidate, models, probe)
             return candidate
         except Exception as error:  # any failure of one way means: try the next
-            reasons.append(f"{build.__name__.strip('_')}: {type(error).__name__}: {error}")
+            reasons.append(f"{name}: {type(error).__name__}: {error}")
     raise RuntimeError("the model cannot be trained as a population (" + "; ".join(reasons) + ")")
 
 

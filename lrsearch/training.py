@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "population_size",
     "resolve_device",
     "steps_per_epoch",
+    "thread_count",
     "train",
     "train_population",
     "uses_bf16",
@@ -65,6 +67,8 @@ class TrainConfig:
     # Trials trained together in one population (each with the study's seeds); None: the K that
     # `lrsearch bench` measured fastest per member-epoch on this kind of device (POPULATION).
     population: int | None = None
+    # CPU threads per process; None: THREADS (measured, README "Threads"), shared among workers.
+    threads: int | None = None
     optimizer: OptimizerName = "sgd"
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
@@ -85,7 +89,14 @@ class TrainConfig:
     bf16: bool | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "check_every", "population"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "check_every",
+            "population",
+            "threads",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise LrsearchError(f"training.{name}={value} is not allowed; it must be >= 1")
@@ -157,6 +168,14 @@ POPULATION = {"cpu": 8, "cuda": 8}
 
 def population_size(population: int | None, device: torch.device) -> int:
     return population if population is not None else POPULATION.get(device.type, 1)
+
+
+def thread_count(threads: int | None, workers: int = 1) -> int:
+    """CPU threads for each of ``workers`` processes: as asked, else the cores shared out."""
+    if threads is not None:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
 
 
 def resolve_device(name: str) -> torch.device:

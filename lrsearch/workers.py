@@ -40,7 +40,7 @@ from lrsearch.runner import (
 )
 from lrsearch.storage import fail_dead_trials, first_line
 from lrsearch.study import load_study_task, open_study, quiet_optuna
-from lrsearch.training import resolve_device
+from lrsearch.training import resolve_device, thread_count
 
 __all__ = ["run", "run_workers"]
 
@@ -64,6 +64,7 @@ def run(
     if workers < 1:
         raise LrsearchError(f"--workers {workers} is not allowed; it must be >= 1")
     if workers == 1 and len(devices) <= 1:
+        torch.set_num_threads(thread_count(config.training.threads))
         device = devices[0] if devices else config.device
         return run_study(
             dataclasses.replace(config, device=device), out=out, artifact_dir=artifact_dir
@@ -86,7 +87,7 @@ def run_workers(
         resolve_device(device)
     load_study_task(dataclasses.replace(config, device="cpu"))  # bad task: error, nothing written
     started = start_run(config, out, artifact_dir)
-    pool = _Pool(config, started, devices, threads=max(1, (os.cpu_count() or 1) // workers))
+    pool = _Pool(config, started, devices, threads=thread_count(config.training.threads, workers))
     # Ctrl-C is a flag read in this loop, never an exception inside a storage call: one
     # landing in a SQLite read could keep its lock and stall every worker's commit.
     with stop_requests((signal.SIGINT,)) as stop:
