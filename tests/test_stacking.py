@@ -106,5 +106,5 @@ def test_stacking_leaves_the_members_models_unchanged() -> None:
 
 
 def test_a_model_that_cannot_run_at_all_is_an_error_naming_each_way() -> None:
-    with pytest.raises(RuntimeError, match="stacked: .*vmap: .*loop: "):
+    with pytest.raises(RuntimeError, match=r"stacked: .*vmap: .*loop: "):
         stack_models(members(lambda: nn.Linear(5, 10)), torch.randn(2, 1, 8, 8))
