@@ -326,7 +326,10 @@ def _results(args: argparse.Namespace) -> int:
         from lrsearch.export import save_best
 
         trial = save_best(args.storage, args.study_name, args.out)
-        print(f"best trial {trial.number} (val_accuracy {trial.value:.4f})")
+        print(
+            f"best trial {trial.number} ({trial.user_attrs.get('objective', 'val_accuracy')} "
+            f"{trial.value:.4f})"
+        )
         written = [args.out]
     print("\n".join(map(str, written)))
     return 0

@@ -38,6 +38,7 @@ __all__ = [
 
 SamplerName = Literal["tpe", "tpe-independent", "random"]
 PrunerName = Literal["none", "median", "percentile", "hyperband"]
+ObjectiveName = Literal["val_accuracy", "val_loss"]
 
 # numpy's generators, and so Optuna's samplers, take seeds in [0, 2**32 - 1] only.
 SEED_MAX = 2**32 - 1
@@ -81,6 +82,8 @@ class StudyConfig:
     # Each trial trains its schedule with this many initialisation seeds in one population and
     # is scored by their mean; every trial of a study uses the same seeds (README: "Seeds").
     seeds: int = 1
+    # Maximized validation accuracy, or minimized validation loss (README: "The objective").
+    objective: ObjectiveName = "val_accuracy"
     storage: str | None = None  # any Optuna storage URL; None: a SQLite file per study
     sampler: SamplerName = "tpe"
     pruner: PrunerName = "none"

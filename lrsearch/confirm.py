@@ -34,7 +34,7 @@ from lrsearch.stats import (
     pack_correct,
 )
 from lrsearch.storage import redact
-from lrsearch.study import check_definition, load_study_task, open_study
+from lrsearch.study import check_definition, load_study_task, open_study, score
 from lrsearch.training import Member, population_size, steps_per_epoch, train_population
 from lrsearch.verdict import run_scores
 
@@ -254,7 +254,7 @@ def _schedule(trial: optuna.trial.FrozenTrial) -> Schedule:
 def _candidates(search: optuna.Study, top: int) -> list[tuple[str, optuna.trial.FrozenTrial]]:
     complete = sorted(
         search.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]),
-        key=lambda t: -float(t.value or 0.0),
+        key=lambda t: -score(t),
     )
     searched = [t for t in complete if BASELINE_ATTR not in t.user_attrs][:top]
     baselines = [t for t in complete if BASELINE_ATTR in t.user_attrs][:1]
@@ -326,7 +326,7 @@ def _report(
             label,
             trial.number,
             Schedule.from_dict(trial.user_attrs["schedule"]),
-            float(trial.value or 0.0),
+            float(trial.user_attrs.get("val_accuracy", trial.value or 0.0)),
             [t for t in runs if t.user_attrs["trial"] == trial.number],
         )
         for label, trial in candidates

@@ -25,7 +25,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.paths import sqlite_file
 from lrsearch.schedules import Schedule
 from lrsearch.storage import STORAGE_ERRORS, redact, storage_error
-from lrsearch.study import METRIC_NAME, best_trial
+from lrsearch.study import best_trial
 from lrsearch.verdict import trial_family, verdict_summary
 
 __all__ = [
@@ -42,7 +42,12 @@ __all__ = [
 SCHEDULE_PREFIX = "schedule."
 _LEADING = ["number", "state", "value", "duration", "datetime_start", "datetime_complete"]
 _RESULTS = ["val_accuracy", "test_accuracy", "diverged"]
-_EPOCH_LOSSES = {"val_loss": "epoch_val_loss", "train_loss": "epoch_train_loss"}
+# Per-epoch columns and the trial attribute each comes from.
+_EPOCH_SERIES = {
+    "val_accuracy": "epoch_val_accuracy",
+    "val_loss": "epoch_val_loss",
+    "train_loss": "epoch_train_loss",
+}
 
 
 def storage_url(storage: str | None, study_name: str) -> str:
@@ -152,22 +157,25 @@ def _scalar(value: Any) -> Any:
 
 
 def intermediate_table(study: optuna.Study) -> pd.DataFrame:
-    """Every epoch of every trial, one row each (long format): validation accuracy, and the
-    validation and training losses where the trial recorded them (empty for older ones)."""
+    """Every epoch of every trial, one row each (long format): the objective as reported to
+    Optuna, and the other validation and training figures where the trial recorded them
+    (empty for older ones)."""
+    metric = (study.metric_names or ["val_accuracy"])[0]
     rows = [
         {
             "number": trial.number,
             "epoch": epoch,
-            METRIC_NAME: value,
             **{
-                column: _epoch_value(trial.user_attrs.get(attr), epoch)
-                for column, attr in _EPOCH_LOSSES.items()
+                column: value
+                if column == metric
+                else _epoch_value(trial.user_attrs.get(attr), epoch)
+                for column, attr in _EPOCH_SERIES.items()
             },
         }
         for trial in study.get_trials(deepcopy=False)
         for epoch, value in sorted(trial.intermediate_values.items())
     ]
-    return pd.DataFrame(rows, columns=["number", "epoch", METRIC_NAME, *_EPOCH_LOSSES])
+    return pd.DataFrame(rows, columns=["number", "epoch", *_EPOCH_SERIES])
 
 
 def _epoch_value(values: Any, epoch: int) -> float | None:

@@ -22,6 +22,7 @@ from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.export import load_study, storage_url
 from lrsearch.schedules import Schedule
 from lrsearch.stats import Z95
+from lrsearch.study import score
 from lrsearch.verdict import trial_family, trial_scores
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def plot_study(
     study = load_study(storage_url(storage, study_name), study_name)
     complete = sorted(
         study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-        key=lambda trial: trial.value or 0.0,
+        key=score,
         reverse=True,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def _lr_curves(trials: list[optuna.trial.FrozenTrial], *, log_lr: bool = False) 
             np.arange(steps) / steps,
             schedule.curve(steps),
             linestyle="--" if baseline is not None else "-",
-            label=f"{name} {schedule.family}  val={trial.value:.4f}",
+            label=f"{name} {schedule.family}  val={_accuracy(trial):.4f}",
         )
     if log_lr:
         axes.set_yscale("log")  # a curve's zeros are left out, not drawn at -inf
@@ -123,14 +124,14 @@ def _accuracy_by_family(trials: list[optuna.trial.FrozenTrial]) -> Figure:
         by_family.setdefault(str(trial_family(trial)), []).append(trial)
     if not by_family:
         raise ValueError("no complete trial yet")
-    best = {family: max(float(t.value or 0) for t in group) for family, group in by_family.items()}
+    best = {family: max(_accuracy(t) for t in group) for family, group in by_family.items()}
     families = sorted(by_family, key=best.__getitem__)
     figure = _new_figure()
     axes = figure.add_subplot()
     jitter = np.random.default_rng(0)
     for row, family in enumerate(families):
         group = by_family[family]
-        values = np.array([float(t.value or 0) for t in group])
+        values = np.array([_accuracy(t) for t in group])
         heights = row + jitter.uniform(-0.15, 0.15, len(values))
         half = np.array([accuracy_interval(t) for t in group])
         axes.errorbar(
@@ -150,10 +151,15 @@ def _accuracy_by_family(trials: list[optuna.trial.FrozenTrial]) -> Figure:
     return figure
 
 
+def _accuracy(trial: optuna.trial.FrozenTrial) -> float:
+    """Validation accuracy, also in a study that minimized the loss (its value)."""
+    return float(trial.user_attrs.get("val_accuracy", trial.value or 0.0))
+
+
 def _zoom(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
     """Every trial's interval and a margin, not 0..1: the differences between trials are
     often a fraction of a point, invisible on the full scale."""
-    values = np.array([float(t.value or 0) for t in trials])
+    values = np.array([_accuracy(t) for t in trials])
     half = np.nan_to_num(np.array([accuracy_interval(t) for t in trials]), nan=0.0)
     low, high = float(np.min(values - half)), float(np.max(values + half))
     margin = max(0.05 * (high - low), 0.002)

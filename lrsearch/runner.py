@@ -47,6 +47,7 @@ from lrsearch.study import (
     dashboard_command,
     default_artifact_dir,
     load_study_task,
+    objective_of,
     open_study,
     quiet_optuna,
     training_seeds,
@@ -247,7 +248,7 @@ def _outcome(trial: optuna.trial.FrozenTrial) -> str:
         return f"{family} diverged at step {attrs.get('diverged_step')}{took}"
     if trial.state == optuna.trial.TrialState.PRUNED:
         return f"{family} pruned at epoch {attrs.get('pruned_epoch')}{took}"
-    return f"{family} val {trial.value:.4f}{took}"
+    return f"{family} {objective_of(trial)} {trial.value:.4f}{took}"
 
 
 def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Run:
@@ -360,12 +361,14 @@ def _run_population(
             "device": str(device),
             "precision": "bf16" if uses_bf16(training.bf16, device) else "fp32",
             "seeds": seeds,
+            "objective": config.objective,
             "population": len(trials),
             "split_seed": config.task.split_seed,
         }.items():
             trial.set_user_attr(key, value)
         attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
     width = len(seeds)
+    minimize = config.objective == "val_loss"
     stopped: set[int] = set()  # trials pruned or with a diverged seed
 
     def on_epoch(metrics: EpochMetrics) -> list[int]:
@@ -380,7 +383,8 @@ def _run_population(
                 stopped.add(index)
                 members += mine
                 continue
-            value = statistics.mean(metrics.val_accuracy[k] for k in mine)
+            figures = metrics.val_loss if minimize else metrics.val_accuracy
+            value = statistics.mean(figures[k] for k in mine)
             trial.report(value, metrics.epoch)
             if trial.should_prune():
                 trial.set_user_attr("pruned_epoch", metrics.epoch)
@@ -412,7 +416,8 @@ def _run_population(
     finished = []
     for index, trial in enumerate(trials):
         mine = result.members[index * width : (index + 1) * width]
-        state, value = _record(trial, mine, task, result.seconds / len(trials), result.path)
+        seconds = result.seconds / len(trials)
+        state, value = _record(trial, mine, task, seconds, result.path, config.objective)
         finished.append(trial.study.tell(trial, value, state=state))
     return finished
 
@@ -423,6 +428,7 @@ def _record(
     task: Task,
     seconds: float,
     path: str,
+    objective: str,
 ) -> tuple[optuna.trial.TrialState, float | None]:
     """Write one trial's results over its seeds; return the state and value to tell."""
     val = [run.val_accuracy for run in runs]
@@ -445,6 +451,9 @@ def _record(
         "test_examples": test_examples,
         "val_correct": [pack_correct(run.val_correct) for run in runs],
         "val_loss": _finite_mean([run.val_loss for run in runs]),
+        "epoch_val_accuracy": [
+            statistics.mean(r.epoch_val_accuracy[e] for r in runs) for e in range(epochs)
+        ],
         "epoch_val_loss": [
             _finite_mean([r.epoch_val_loss[e] for r in runs]) for e in range(epochs)
         ],
@@ -460,7 +469,9 @@ def _record(
         trial.set_user_attr(key, value)
     if diverged is not None or any(run.stopped_epoch is not None for run in runs):
         return optuna.trial.TrialState.PRUNED, None
-    return optuna.trial.TrialState.COMPLETE, attrs["val_accuracy"]
+    if attrs[objective] is None:  # a loss that is not finite, short of divergence
+        return optuna.trial.TrialState.FAIL, None
+    return optuna.trial.TrialState.COMPLETE, attrs[objective]
 
 
 def _finite_mean(values: Sequence[float]) -> float | None:

@@ -9,6 +9,7 @@ the exporter and ``lrsearch best`` read results from the storage alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from lrsearch.tasks import Task, load_task
 from lrsearch.training import resolve_device, steps_per_epoch
 
 __all__ = [
-    "METRIC_NAME",
+    "OBJECTIVES",
     "best_trial",
     "check_definition",
     "dashboard_command",
@@ -33,13 +34,17 @@ __all__ = [
     "load_study_task",
     "make_pruner",
     "make_sampler",
+    "objective_of",
     "open_study",
     "quiet_optuna",
+    "score",
     "study_definition",
     "training_seeds",
 ]
 
-METRIC_NAME = "val_accuracy"
+MAXIMIZE, MINIMIZE = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
+# What a study may optimize (``[study] objective``), and which way.
+OBJECTIVES = {"val_accuracy": MAXIMIZE, "val_loss": MINIMIZE}
 # The study's task, training and space, set when it is created; a run that differs is refused.
 DEFINITION_ATTR = "definition"
 SEEDS_ATTR = "train_seeds"  # the seeds every trial trains with, set when the study is created
@@ -101,20 +106,22 @@ def open_study(
             storage=rdb_storage(storage),
             sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trials are known
             pruner=make_pruner(config.pruner, config.training.epochs),
-            direction="maximize",
+            direction=OBJECTIVES[config.objective],
             load_if_exists=True,
         )
     except STORAGE_ERRORS as error:
         raise storage_error(storage, error) from None
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+    if study.direction != OBJECTIVES[config.objective]:
         raise LrsearchError(
-            f"study {config.name!r} in {redact(storage)} exists and does not maximize"
+            f"study {config.name!r} in {redact(storage)} exists and does not "
+            f"{'maximize' if OBJECTIVES[config.objective] is MAXIMIZE else 'minimize'} "
+            f"{config.objective}; use its own objective, or pass a new --study-name"
         )
     if not check_definition(study, config, storage, any_epochs=any_epochs):
         study.set_user_attr(DEFINITION_ATTR, study_definition(config))
     if SEEDS_ATTR not in study.user_attrs:
         study.set_user_attr(SEEDS_ATTR, list(range(config.seed, config.seed + config.seeds)))
-    study.set_metric_names([METRIC_NAME])
+    study.set_metric_names([config.objective])
     trials = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(config.sampler, sampler_seed(config.seed, trials, worker))
     return study
@@ -180,6 +187,7 @@ def study_definition(config: StudyConfig) -> dict[str, Any]:
                 )
             },
             "seeds": config.seeds,
+            "objective": config.objective,
             "space": config.space,
         }
     )
@@ -231,6 +239,19 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
 
 
+def objective_of(trial: optuna.trial.FrozenTrial) -> str:
+    """What the trial's value is; trials from before ``objective`` existed maximized accuracy."""
+    return str(trial.user_attrs.get("objective", "val_accuracy"))
+
+
+def score(trial: optuna.trial.FrozenTrial) -> float:
+    """The trial's value with higher better, whatever its study's direction."""
+    value = float(trial.value if trial.value is not None else math.nan)
+    if not math.isfinite(value):
+        return -math.inf
+    return -value if OBJECTIVES[objective_of(trial)] is MINIMIZE else value
+
+
 def best_trial(
     trials: Iterable[optuna.trial.FrozenTrial], *, baseline: bool | None = None
 ) -> optuna.trial.FrozenTrial | None:
@@ -242,6 +263,6 @@ def best_trial(
             if t.state == optuna.trial.TrialState.COMPLETE
             and (baseline is None or (BASELINE_ATTR in t.user_attrs) == baseline)
         ),
-        key=lambda t: float(t.value or 0.0),
+        key=score,
         default=None,
     )

@@ -29,6 +29,7 @@ from lrsearch.stats import (
     compare,
     unpack_correct,
 )
+from lrsearch.study import score
 
 __all__ = [
     "CONFIRM_SEEDS",
@@ -164,7 +165,7 @@ def versus(trials: Sequence[optuna.trial.FrozenTrial]) -> list[Versus]:
     """Best searched vs best baseline, and best searched vs runner-up, where both exist."""
     complete = sorted(
         (t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
-        key=lambda t: -float(t.value or 0.0),
+        key=lambda t: -score(t),
     )
     searched = [t for t in complete if BASELINE_ATTR not in t.user_attrs]
     baselines = [t for t in complete if BASELINE_ATTR in t.user_attrs]

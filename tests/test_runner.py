@@ -10,6 +10,8 @@ import optuna
 import pytest
 from digits_study import digits_study
 
+from lrsearch.errors import LrsearchError
+from lrsearch.export import intermediate_table
 from lrsearch.runner import run_study
 from lrsearch.study import open_study
 from lrsearch.training import TrainConfig
@@ -55,7 +57,7 @@ def test_a_log_file_gets_one_line_per_trial_and_a_resumed_run_says_so(tmp_path: 
     run_study(config, out=first)
     lines = [line for line in first.getvalue().splitlines() if line.startswith("trial ")]
     assert len(lines) == 3 and "\r" not in first.getvalue()
-    assert all(" val 0." in line and " best 0." in line for line in lines)
+    assert all(" val_accuracy 0." in line and " best 0." in line for line in lines)
     again = io.StringIO()
     report = run_study(dataclasses.replace(config, n_trials=1), out=again)
     best = report.best
@@ -80,3 +82,23 @@ def test_the_sampler_seed_depends_on_the_trials_so_far(tmp_path: Path) -> None:
     run_study(config, out=io.StringIO())
     resumed = open_study(config, config.storage or "")
     assert resumed.sampler._rng.rng.random() != first
+
+
+def test_the_objective_can_be_the_validation_loss_minimized(tmp_path: Path) -> None:
+    config = digits_study(tmp_path / "loss.db", n_trials=3, objective="val_loss")
+    report = run_study(config, out=io.StringIO())
+    study = optuna.load_study(study_name="digits", storage=config.storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.metric_names == ["val_loss"]
+    for trial in study.trials:
+        assert trial.value == trial.user_attrs["val_loss"]
+        assert trial.intermediate_values == {
+            1: pytest.approx(trial.user_attrs["epoch_val_loss"][0])
+        }
+    assert report.best is not None
+    assert report.best.value == min(t.value for t in study.trials if t.value is not None)
+    table = intermediate_table(study)
+    assert list(table["val_loss"]) == [t.value for t in study.trials]
+    assert table["val_accuracy"].between(0, 1).all()
+    with pytest.raises(LrsearchError, match="objective"):
+        run_study(dataclasses.replace(config, objective="val_accuracy"), out=io.StringIO())
