@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from lrsearch.schedules import Cosine, CosineRestarts, Schedule, ScheduleLR
+from lrsearch.schedules import Cosine, CosineRestarts, Schedule
+from lrsearch.torch_scheduler import ScheduleLR
 
 STEPS = 20_000  # scheduler steps per timed run (also the schedule's T)
 REPEATS = 7  # timed runs; the median is reported

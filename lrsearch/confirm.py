@@ -25,6 +25,7 @@ from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import load_study, storage_url
+from lrsearch.runner import load_study_task
 from lrsearch.schedules import Schedule
 from lrsearch.stats import (
     Comparison,
@@ -34,7 +35,7 @@ from lrsearch.stats import (
     pack_correct,
 )
 from lrsearch.storage import redact
-from lrsearch.study import check_definition, load_study_task, open_study, score
+from lrsearch.study import check_definition, open_study, score
 from lrsearch.training import Member, population_size, steps_per_epoch, train_population
 from lrsearch.verdict import run_scores
 

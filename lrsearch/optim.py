@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from lrsearch.training import TrainConfig
+    from lrsearch.config import TrainConfig
 
 __all__ = ["MemberOptimizer"]
 

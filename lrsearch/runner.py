@@ -46,19 +46,19 @@ from lrsearch.study import (
     best_trial,
     dashboard_command,
     default_artifact_dir,
-    load_study_task,
     objective_of,
     open_study,
     quiet_optuna,
     training_seeds,
 )
-from lrsearch.tasks import Task
+from lrsearch.tasks import Task, load_task
 from lrsearch.thumbnail import attach_lr_curve
 from lrsearch.training import (
     EpochMetrics,
     Member,
     TrainResult,
     population_size,
+    resolve_device,
     steps_per_epoch,
     train_population,
     uses_bf16,
@@ -71,6 +71,7 @@ __all__ = [
     "Run",
     "StudyReport",
     "TrialError",
+    "load_study_task",
     "run_study",
     "run_trials",
     "start_run",
@@ -124,14 +125,6 @@ class StudyReport:
     def best(self) -> optuna.trial.FrozenTrial | None:
         return best_trial(self.trials)
 
-    @property
-    def best_searched(self) -> optuna.trial.FrozenTrial | None:
-        return best_trial(self.trials, baseline=False)
-
-    @property
-    def best_baseline(self) -> optuna.trial.FrozenTrial | None:
-        return best_trial(self.trials, baseline=True)
-
     def lines(self) -> list[str]:
         """The end-of-run summary, one fact per line."""
         rows = [
@@ -146,13 +139,29 @@ class StudyReport:
             rows += [
                 ("best trial", str(self.best.number)),
                 ("schedule", Schedule.from_dict(attrs["schedule"]).describe()),
-                ("val accuracy", f"{attrs['val_accuracy']:.4f}"),
-                ("test accuracy", f"{attrs['test_accuracy']:.4f}"),
+                ("val accuracy", _with_se(attrs, "val")),
+                ("test accuracy", _with_se(attrs, "test")),
             ]
+            if attrs.get("objective") == "val_loss":
+                rows.append(("val loss", f"{attrs['val_loss']:.4f} (the objective)"))
         rows += verdict_rows(self.trials)
         rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)
         return [f"{key:<{width}}  {value}" for key, value in rows]
+
+
+def _with_se(attrs: dict[str, Any], split: str) -> str:
+    """``0.9756 ± 0.0091 (287 examples x 1 seed)``, or the bare accuracy of an older trial."""
+    accuracy, se = attrs.get(f"{split}_accuracy"), attrs.get(f"{split}_accuracy_se")
+    if accuracy is None:
+        return "-"
+    if se is None:
+        return f"{accuracy:.4f}"
+    seeds = len(attrs.get("seeds", [0]))
+    return (
+        f"{accuracy:.4f} ± {se:.4f} s.e. ({attrs.get(f'{split}_examples')} examples x "
+        f"{seeds} seed{'s' * (seeds > 1)})"
+    )
 
 
 @dataclass(frozen=True)
@@ -249,6 +258,21 @@ def _outcome(trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == optuna.trial.TrialState.PRUNED:
         return f"{family} pruned at epoch {attrs.get('pruned_epoch')}{took}"
     return f"{family} {objective_of(trial)} {trial.value:.4f}{took}"
+
+
+def load_study_task(config: StudyConfig) -> Task:
+    """The study's task on its device, loaded once per process; a bad batch size fails here."""
+    task = load_task(
+        config.task.name,
+        model=config.task.model,
+        data_dir=config.task.data_dir,
+        val_size=config.task.val_size,
+        split_seed=config.task.split_seed,
+        device=resolve_device(config.device),
+        download=config.task.download,
+    )
+    steps_per_epoch(task, config.training)
+    return task
 
 
 def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Run:

@@ -27,14 +27,17 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch.optim.lr_scheduler import LRScheduler
 
 from lrsearch.errors import LrsearchError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lrsearch.torch_scheduler import ScheduleLR
 
 __all__ = [
     "FAMILIES",
@@ -53,7 +56,6 @@ __all__ = [
     "Polynomial",
     "Schedule",
     "ScheduleError",
-    "ScheduleLR",
     "Step",
     "Wsd",
     "cosine_scheduler",
@@ -230,6 +232,8 @@ class Schedule:
         by ``lr(t) / lr``; build the optimizer with ``lr=schedule.lr`` to get the
         searched peak, or give groups other LRs to keep their ratios.
         """
+        from lrsearch.torch_scheduler import ScheduleLR  # torch only when a scheduler is made
+
         return ScheduleLR(optimizer, self, total_steps)
 
     # -- serialisation ------------------------------------------------------
@@ -909,58 +913,3 @@ def multistep_lr(lr: float, milestones: list[int], gamma: float = 0.1, *, total_
     """Article 004's ``MultiStepLR(optimizer, milestones, gamma)`` with milestones in steps."""
     total = _check_total_steps(total_steps)
     return Step(lr=lr, milestones=tuple(m / total for m in milestones), gamma=gamma)
-
-
-# ---------------------------------------------------------------------------
-# PyTorch
-
-
-class ScheduleLR(LRScheduler):
-    """A PyTorch LRScheduler whose LR at step ``k`` is the schedule's closed form at ``k``.
-
-    The run's factors are evaluated once, vectorised, at construction, so a
-    ``step()`` is a table look-up; steps past ``total_steps`` use the closed
-    form. ``state_dict()`` carries the schedule as its JSON dict (no pickled
-    objects: it loads with ``torch.load(weights_only=True)``), and a restored
-    scheduler continues exactly where the saved one stood.
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        schedule: Schedule,
-        total_steps: int,
-        last_epoch: int = -1,
-    ) -> None:
-        self.schedule = schedule
-        self.total_steps = _check_total_steps(total_steps)
-        self._factors = self._table()
-        super().__init__(optimizer, last_epoch)
-
-    def _table(self) -> Array:
-        return np.asarray(self.schedule.factor(np.arange(self.total_steps + 1), self.total_steps))
-
-    def _factor(self, step: int) -> float:
-        if step < len(self._factors):
-            return float(self._factors[step])
-        return float(self.schedule.factor(step, self.total_steps))
-
-    def get_lr(self) -> list[float | torch.Tensor]:
-        factor = self._factor(self.last_epoch)
-        return [base * factor for base in self.base_lrs]
-
-    def _get_closed_form_lr(self) -> list[float | torch.Tensor]:
-        return self.get_lr()
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        del state["_factors"]
-        state["schedule"] = self.schedule.to_dict()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        schedule = Schedule.from_dict(state.pop("schedule"))
-        super().load_state_dict(state)
-        self.schedule = schedule
-        self._factors = self._table()

@@ -22,8 +22,6 @@ from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.storage import STORAGE_ERRORS, rdb_storage, redact, storage_error
-from lrsearch.tasks import Task, load_task
-from lrsearch.training import resolve_device, steps_per_epoch
 
 __all__ = [
     "OBJECTIVES",
@@ -31,7 +29,6 @@ __all__ = [
     "check_definition",
     "dashboard_command",
     "default_artifact_dir",
-    "load_study_task",
     "make_pruner",
     "make_sampler",
     "objective_of",
@@ -214,21 +211,6 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
             for change in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
         ]
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def load_study_task(config: StudyConfig) -> Task:
-    """The study's task on its device, loaded once per process; a bad batch size fails here."""
-    task = load_task(
-        config.task.name,
-        model=config.task.model,
-        data_dir=config.task.data_dir,
-        val_size=config.task.val_size,
-        split_seed=config.task.split_seed,
-        device=resolve_device(config.device),
-        download=config.task.download,
-    )
-    steps_per_epoch(task, config.training)
-    return task
 
 
 def quiet_optuna() -> None:

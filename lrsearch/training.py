@@ -25,13 +25,13 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from lrsearch.config import TrainConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.optim import MemberOptimizer
 from lrsearch.schedules import Schedule
@@ -53,61 +53,8 @@ __all__ = [
     "uses_bf16",
 ]
 
-OptimizerName = Literal["sgd", "adam", "adamw"]
 Report = Callable[[int, float], None]
 LossHook = Callable[[torch.Tensor], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How every trial trains; only the schedule changes between trials."""
-
-    epochs: int = 15
-    batch_size: int = 128
-    # Trials trained together in one population (each with the study's seeds); None: the K that
-    # `lrsearch bench` measured fastest per member-epoch on this kind of device (POPULATION).
-    population: int | None = None
-    # CPU threads per process; None: THREADS (measured, README "Threads"), shared among workers.
-    threads: int | None = None
-    optimizer: OptimizerName = "sgd"
-    momentum: float = 0.9  # SGD only
-    nesterov: bool = False  # SGD only
-    weight_decay: float = 0.0
-    # Not larger: on a 2-core CPU 1024 evaluates 10,000 images in 0.17 s, 4096 in 0.30 s.
-    eval_batch_size: int = 1024
-    # A trial diverged when its loss is not finite or exceeds this many times
-    # the loss of a uniform guess, ln(num_classes).
-    divergence_factor: float = 10.0
-    # Steps between reads of the device-side divergence flag (a host sync).
-    check_every: int = 50
-    # torch.compile the population's forward pass: pays on CUDA for runs long enough to
-    # amortise the compile (tens of seconds), never for a few CPU epochs.
-    compile: bool = False
-    # bf16 autocast; None: on GPUs with bf16 tensor cores (Ampere on), float32 elsewhere. On a
-    # CPU with AMX, bf16=True makes LeNet steps 8-12% faster but the quick study's small MLP 30%
-    # slower (BENCHMARKS.md): it depends on the model, so on a CPU it is opted into.
-    bf16: bool | None = None
-
-    def __post_init__(self) -> None:
-        for name in (
-            "epochs",
-            "batch_size",
-            "eval_batch_size",
-            "check_every",
-            "population",
-            "threads",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise LrsearchError(f"training.{name}={value} is not allowed; it must be >= 1")
-        if not 0.0 <= self.momentum < 1.0:
-            raise LrsearchError(f"training.momentum={self.momentum} must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise LrsearchError(f"training.weight_decay={self.weight_decay} must be >= 0")
-        if self.divergence_factor <= 1:
-            raise LrsearchError(f"training.divergence_factor={self.divergence_factor} must be > 1")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise LrsearchError("training.nesterov needs optimizer 'sgd' with momentum > 0")
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,14 @@ from lrsearch.runner import (
     Progress,
     Run,
     StudyReport,
+    load_study_task,
     run_study,
     run_trials,
     start_run,
     stop_requests,
 )
 from lrsearch.storage import fail_dead_trials, first_line
-from lrsearch.study import load_study_task, open_study, quiet_optuna
+from lrsearch.study import open_study, quiet_optuna
 from lrsearch.training import resolve_device, thread_count
 
 __all__ = ["run", "run_workers"]

@@ -86,3 +86,20 @@ def test_the_bench_options_are_bench_configs_fields_with_its_defaults() -> None:
     }
     assert {name: getattr(bench, name) for name in expected} == expected
     assert set(vars(bench)) == {"command", "debug", *expected}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "--study-name", "s", "--out", "{tmp}/out"],
+        ["best", "--study-name", "s", "--out", "{tmp}/best.json"],
+        ["plot", "--study-name", "s", "--out", "{tmp}/plots"],
+    ],
+)
+def test_the_commands_that_read_a_study_import_no_torch(argv: list[str], tmp_path: Path) -> None:
+    """They read Optuna's storage with pandas; torch (2 s of start-up) is for training."""
+    storage = f"sqlite:///{tmp_path / 'none.db'}"
+    args = [arg.format(tmp=tmp_path) for arg in argv]
+    result, names = imported_modules("-m", "lrsearch", *args, "--storage", storage)
+    assert result.returncode == 2 and "no storage at" in result.stderr  # it got to reading
+    assert not names & {"torch", "torchvision"}

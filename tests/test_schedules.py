@@ -36,7 +36,6 @@ from lrsearch.schedules import (
     Polynomial,
     Schedule,
     ScheduleError,
-    ScheduleLR,
     Step,
     Wsd,
     cosine_scheduler,
@@ -44,6 +43,7 @@ from lrsearch.schedules import (
     make_schedule,
     multistep_lr,
 )
+from lrsearch.torch_scheduler import ScheduleLR
 
 Array = npt.NDArray[np.float64]
 

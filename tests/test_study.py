@@ -16,11 +16,11 @@ from digits_study import digits_study as study_on_digits
 
 from lrsearch import LrsearchError, Schedule
 from lrsearch.config import StudyConfig, TaskConfig
-from lrsearch.runner import run_study, run_trials, start_run
+from lrsearch.runner import load_study_task, run_study, run_trials, start_run
 from lrsearch.space import space_from_table
 from lrsearch.stats import unpack_correct
 from lrsearch.storage import redact
-from lrsearch.study import load_study_task, open_study, study_definition
+from lrsearch.study import open_study, study_definition
 from lrsearch.training import TrainConfig
 
 ATTRS = {

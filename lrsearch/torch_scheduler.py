@@ -1,0 +1,68 @@
+"""The bridge to PyTorch: a schedule as an ``LRScheduler`` stepped once per optimizer step.
+
+Apart from lrsearch.schedules so that reading schedules (``lrsearch best``, ``export``) does
+not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from lrsearch.schedules import Array, Schedule, _check_total_steps
+
+__all__ = ["ScheduleLR"]
+
+
+class ScheduleLR(LRScheduler):
+    """A PyTorch LRScheduler whose LR at step ``k`` is the schedule's closed form at ``k``.
+
+    The run's factors are evaluated once, vectorised, at construction, so a
+    ``step()`` is a table look-up; steps past ``total_steps`` use the closed
+    form. ``state_dict()`` carries the schedule as its JSON dict (no pickled
+    objects: it loads with ``torch.load(weights_only=True)``), and a restored
+    scheduler continues exactly where the saved one stood.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        total_steps: int,
+        last_epoch: int = -1,
+    ) -> None:
+        self.schedule = schedule
+        self.total_steps = _check_total_steps(total_steps)
+        self._factors = self._table()
+        super().__init__(optimizer, last_epoch)
+
+    def _table(self) -> Array:
+        return np.asarray(self.schedule.factor(np.arange(self.total_steps + 1), self.total_steps))
+
+    def _factor(self, step: int) -> float:
+        if step < len(self._factors):
+            return float(self._factors[step])
+        return float(self.schedule.factor(step, self.total_steps))
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        factor = self._factor(self.last_epoch)
+        return [base * factor for base in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> list[float | torch.Tensor]:
+        return self.get_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        del state["_factors"]
+        state["schedule"] = self.schedule.to_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        schedule = Schedule.from_dict(state.pop("schedule"))
+        super().load_state_dict(state)
+        self.schedule = schedule
+        self._factors = self._table()
