@@ -35,6 +35,7 @@ __all__ = [
     "redact",
     "retry_trial",
     "storage_error",
+    "storage_failure",
 ]
 
 RETRY_ATTR = "retry_of"  # on a trial that re-runs the parameters of one whose process died
@@ -45,8 +46,14 @@ GRACE_SECONDS = 60
 # SQLite lets one writer in at a time; the others wait this long instead of failing at once.
 SQLITE_BUSY_SECONDS = 60
 
-# What a bad URL, an unreachable server or a file that is no database raises, whatever the driver.
-STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError)
+# What a bad URL, an unreachable server or a file that is no database raises, whatever the driver;
+# Optuna wraps a failed commit (a server gone, a read-only file) in StorageInternalError.
+STORAGE_ERRORS = (
+    sqlalchemy.exc.SQLAlchemyError,
+    optuna.exceptions.StorageInternalError,
+    ValueError,
+    ImportError,
+)
 
 
 def redact(url: str) -> str:
@@ -62,6 +69,18 @@ def first_line(error: BaseException) -> str:
 def storage_error(storage: str, error: Exception) -> LrsearchError:
     """One line: the storage (password hidden) and the first line of the driver's complaint."""
     return LrsearchError(f"cannot open storage {redact(storage)}: {redact(first_line(error))}")
+
+
+def storage_failure(storage: str, error: Exception) -> LrsearchError:
+    """One line for a storage that worked when the run started and fails now.
+
+    Optuna's own message for a failed commit blames invalid data; its cause says what broke."""
+    internal = isinstance(error, optuna.exceptions.StorageInternalError)
+    cause = error.__cause__ if internal and error.__cause__ is not None else error
+    return LrsearchError(
+        f"storage {redact(storage)} failed during the run: {redact(first_line(cause))}; "
+        "completed trials are kept, and the next run fails and re-queues the unfinished ones"
+    )
 
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
