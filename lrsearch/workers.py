@@ -38,7 +38,7 @@ from lrsearch.runner import (
     start_run,
     stop_requests,
 )
-from lrsearch.storage import fail_dead_trials, first_line
+from lrsearch.storage import STORAGE_ERRORS, fail_dead_trials, first_line, storage_failure
 from lrsearch.study import load_study_task, open_study, quiet_optuna
 from lrsearch.training import resolve_device
 
@@ -89,24 +89,28 @@ def run_workers(
     pool = _Pool(config, started, devices, threads=max(1, (os.cpu_count() or 1) // workers))
     # Ctrl-C is a flag read in this loop, never an exception inside a storage call: one
     # landing in a SQLite read could keep its lock and stall every worker's commit.
-    with stop_requests((signal.SIGINT,)) as stop:
-        try:
-            for share in _shares(started.n_trials, workers):
-                pool.spawn(share)
-            trials = started.study.get_trials(deepcopy=False)
-            with Progress(started.n_trials, out, trials) as progress:
-                seen = {t.number for t in trials if t.state in FINISHED}
-                while pool.processes and not stop.is_set():
-                    time.sleep(0.5)
-                    for process in pool.exited():
-                        pool.handle_exit(process, out)
-                    for trial in _finished(started.study, started.before):
-                        if trial.number not in seen:
-                            seen.add(trial.number)
-                            progress.trial_done(trial)
-        finally:
-            pool.stop()
-            fail_dead_trials(started.study)
+    # A storage that fails stops every worker and is the run's one error line.
+    try:
+        with stop_requests((signal.SIGINT,)) as stop:
+            try:
+                for share in _shares(started.n_trials, workers):
+                    pool.spawn(share)
+                trials = started.study.get_trials(deepcopy=False)
+                with Progress(started.n_trials, out, trials) as progress:
+                    seen = {t.number for t in trials if t.state in FINISHED}
+                    while pool.processes and not stop.is_set():
+                        time.sleep(0.5)
+                        for process in pool.exited():
+                            pool.handle_exit(process, out)
+                        for trial in _finished(started.study, started.before):
+                            if trial.number not in seen:
+                                seen.add(trial.number)
+                                progress.trial_done(trial)
+            finally:
+                pool.stop()
+                fail_dead_trials(started.study)
+    except STORAGE_ERRORS as error:
+        raise storage_failure(started.storage, error) from None
     if stop.is_set():
         raise KeyboardInterrupt
     return started.report()
@@ -224,13 +228,12 @@ def _work(
             sys.exit(130)
     except KeyboardInterrupt:  # a second SIGTERM
         sys.exit(130)
-    except LrsearchError as error:
-        print(f"lrsearch: error: worker {os.getpid()}: {error}", file=sys.stderr)
+    except LrsearchError as error:  # why, in a line; the parent's error line refers to it
+        print(f"worker {os.getpid()} stopped: {error}", file=sys.stderr)
         sys.exit(2)
-    except Exception as error:  # a bug, or a model failing outside a trial: say why, in a line
+    except Exception as error:  # a bug, or a model failing outside a trial
         print(
-            f"lrsearch: error: worker {os.getpid()} stopped: {type(error).__name__}: "
-            f"{first_line(error)}",
+            f"worker {os.getpid()} stopped: {type(error).__name__}: {first_line(error)}",
             file=sys.stderr,
         )
         sys.exit(1)
