@@ -31,6 +31,7 @@ __all__ = [
     "fail_dead_trials",
     "first_line",
     "heartbeat",
+    "owner",
     "rdb_storage",
     "redact",
     "retry_trial",
@@ -89,7 +90,7 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     attempts = 3
     while True:
         try:
-            return optuna.storages.RDBStorage(
+            return _OwnedTrialStorage(
                 url,
                 engine_kwargs={"connect_args": connect_args},
                 heartbeat_interval=HEARTBEAT_SECONDS,
@@ -101,6 +102,36 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
             if not attempts:
                 raise
             time.sleep(1)  # processes started together on a new database race to create tables
+
+
+def owner() -> dict[str, object]:
+    """The user attributes that tie a trial to the process running it."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+class _OwnedTrialStorage(optuna.storages.RDBStorage):
+    """New trials carry their process's host and pid from their first commit: a process killed
+    between creating a trial and recording them left it RUNNING with no pid, and the next run
+    (within GRACE_SECONDS) could not tell whether it was still running."""
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> optuna.trial.FrozenTrial:
+        if template_trial is None:  # a trial to run now; queued ones have a template
+            template_trial = optuna.trial.FrozenTrial(
+                number=0,
+                state=optuna.trial.TrialState.RUNNING,
+                value=None,
+                datetime_start=datetime.datetime.now(),
+                datetime_complete=None,
+                params={},
+                distributions={},
+                user_attrs=owner(),
+                system_attrs={},
+                intermediate_values={},
+                trial_id=0,
+            )
+        return super()._create_new_trial(study_id, template_trial)
 
 
 def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
