@@ -209,6 +209,7 @@ def _work(
     at a third of one worker's speed on 2 cores (BENCHMARKS.md). A worker whose parent dies
     stops too, or a restarted run would have two sets of workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_with_parent(parent)
     torch.set_num_threads(threads)
     try:
         quiet_optuna()
@@ -222,7 +223,6 @@ def _work(
             before=0,
         )
         with stop_requests((signal.SIGTERM,)) as stop:
-            _stop_with_parent(parent, stop)
             run_trials(run, config, task, stop=stop)
         if stop.is_set():
             sys.exit(130)
@@ -239,15 +239,14 @@ def _work(
         sys.exit(1)
 
 
-def _stop_with_parent(parent: int, stop: threading.Event) -> None:
-    """Ask this worker to stop once ``parent`` is gone (its trials then fail at the next epoch
-    and the next run retries them); end it outright if it has not stopped STOP_SECONDS later."""
+def _stop_with_parent(parent: int) -> None:
+    """End this worker the moment ``parent`` is gone, as a kill would: its trials stay RUNNING
+    under a dead pid, so the next run fails them and queues them again. Stopping at the next
+    epoch instead failed them as if interrupted on purpose, and their parameters were lost."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1)
-        stop.set()
-        time.sleep(STOP_SECONDS)
         os._exit(1)
 
     threading.Thread(target=watch, name="lrsearch-parent-watch", daemon=True).start()
