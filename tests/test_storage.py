@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,9 +237,11 @@ def test_a_sqlite_folder_removed_mid_run_is_one_line_and_the_next_run_recovers(
 
 
 @contextlib.contextmanager
-def postgres_server(root: Path) -> Iterator[tuple[str, Callable[[str], None]]]:
+def postgres_server() -> Iterator[tuple[str, Callable[[str], None]]]:
     """A throwaway PostgreSQL server of our own (CI's shared one must not be stopped), its URL
-    and ``pg_ctl`` to stop or start it; skipped where Debian's postgresql is not installed."""
+    and ``pg_ctl`` to stop or start it; skipped where Debian's postgresql is not installed.
+
+    Its folder is straight under /tmp: the postgres user cannot enter pytest's."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     if not bins or shutil.which("runuser") is None:
         pytest.skip("PostgreSQL's server binaries are not installed (apt-get install postgresql)")
@@ -246,8 +249,13 @@ def postgres_server(root: Path) -> Iterator[tuple[str, Callable[[str], None]]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    root.mkdir()
-    shutil.chown(root, "postgres")
+    with tempfile.TemporaryDirectory(prefix="lrsearch-pg.") as folder:
+        root = Path(folder)
+        shutil.chown(root, "postgres")
+        yield from _serve(pg_bin, root, port)
+
+
+def _serve(pg_bin: Path, root: Path, port: int) -> Iterator[tuple[str, Callable[[str], None]]]:
     (root / "pw").write_text("s3cret")
     shutil.chown(root / "pw", "postgres")
 
@@ -275,7 +283,7 @@ def postgres_server(root: Path) -> Iterator[tuple[str, Callable[[str], None]]]:
 def test_a_postgresql_server_stopped_mid_run_is_one_line_and_the_next_run_recovers(
     tmp_path: Path,
 ) -> None:
-    with postgres_server(tmp_path / "pg") as (url, pg_ctl):
+    with postgres_server() as (url, pg_ctl):
         workdir = tmp_path / "work"
         workdir.mkdir()
         break_storage_mid_run(workdir, url, lambda: pg_ctl("stop"), lambda: pg_ctl("start"))
