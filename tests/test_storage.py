@@ -30,8 +30,11 @@ from lrsearch.study import open_study
 
 REPO = Path(__file__).resolve().parents[1]
 State = optuna.trial.TrialState
-# Enough trials and epochs that the run is still training when its storage breaks.
-STUDY = '[study]\nname = "w"\nn_trials = 30\n' + DIGITS_STUDY_FILE
+# Enough trials that the run is still training when its storage breaks; small populations,
+# so that the first completes soon.
+STUDY = '[study]\nname = "w"\nn_trials = 30\n' + DIGITS_STUDY_FILE.replace(
+    "[training]\n", "[training]\npopulation = 2\n"
+)
 
 
 def test_storage_passwords_never_show() -> None:
@@ -154,7 +157,7 @@ def break_storage_mid_run(
 ) -> None:
     """Break the storage under a running study, mend it, and check that the run said so in one
     line, kept every completed trial, and that the next run fails and retries the rest."""
-    run = start(workdir, url, "--epochs", "8", *args)
+    run = start(workdir, url, "--epochs", "3", *args)
     try:
         before = mid_run(run, url)
         break_it()
@@ -177,7 +180,7 @@ def break_storage_mid_run(
     left = sorted(t.number for t in after.values() if t.state == State.RUNNING)
     assert left, "the storage broke between populations; nothing was left to recover"
 
-    again = start(workdir, url, "--epochs", "8", "--n-trials", "1")
+    again = start(workdir, url, "--epochs", "3", "--n-trials", "1")
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     for number in left:
