@@ -60,11 +60,12 @@ def storage(workdir: Path) -> str:
 
 
 def running_trial(workdir: Path, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    """The first trial seen RUNNING with its process recorded."""
+    """The first trial seen training: RUNNING with its schedule sampled (its process is
+    recorded from its creation)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trial in trials(workdir):
-            if trial.state == State.RUNNING and "pid" in trial.user_attrs:
+            if trial.state == State.RUNNING and "schedule" in trial.user_attrs:
                 return trial
         time.sleep(0.1)
     raise AssertionError("no trial started running")
