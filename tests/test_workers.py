@@ -129,18 +129,23 @@ def alive(pid: int) -> bool:
 def test_workers_whose_parent_is_killed_stop_and_the_next_run_retries_their_trials(
     workdir: Path,
 ) -> None:
-    run = start(workdir, "--workers", "2", "--n-trials", "4", "--epochs", "10")
+    """Trials one at a time, many of them: both workers are surely training at once."""
+    (workdir / "study.toml").write_text(
+        STUDY.replace("[training]\n", "[training]\npopulation = 1\n")
+    )
+    run = start(workdir, "--workers", "2", "--n-trials", "20", "--epochs", "10")
     deadline = time.monotonic() + 120
     while len(pids := {t.user_attrs["pid"] for t in running(workdir)}) < 2:
         assert time.monotonic() < deadline and run.poll() is None, "two workers never ran"
         time.sleep(0.1)
-    orphaned = {t.number for t in running(workdir)}
     run.kill()
     run.communicate()
     deadline = time.monotonic() + workers_module.STOP_SECONDS
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"workers {pids} outlived their parent"
         time.sleep(0.2)
+    orphaned = {t.number for t in running(workdir)}
+    assert orphaned, "the workers stopped between trials"
 
     again = start(workdir, "--n-trials", "1", "--epochs", "10")
     _, err = again.communicate(timeout=120)
