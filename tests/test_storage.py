@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -154,22 +155,23 @@ def mid_run(
 
 def break_storage_mid_run(
     workdir: Path, url: str, break_it: Callable[[], None], mend_it: Callable[[], None], *args: str
-) -> None:
+) -> str:
     """Break the storage under a running study, mend it, and check that the run said so in one
-    line, kept every completed trial, and that the next run fails and retries the rest."""
+    line, kept every completed trial, and that the next run fails and retries the rest; the
+    broken run's stderr."""
     run = start(workdir, url, "--epochs", "3", *args)
     try:
         before = mid_run(run, url)
         break_it()
-        _, err = run.communicate(timeout=120)
+        _, broken = run.communicate(timeout=120)
     finally:
         run.kill()
         mend_it()
     assert run.returncode != 0
-    assert "Traceback" not in err
-    (line,) = [line for line in err.splitlines() if line.startswith("lrsearch: error:")]
+    assert "Traceback" not in broken
+    (line,) = [line for line in broken.splitlines() if line.startswith("lrsearch: error:")]
     assert line.startswith(f"lrsearch: error: storage {redact(url)} failed during the run: ")
-    assert "s3cret" not in err
+    assert "s3cret" not in broken
     after = {t.number: t for t in trials(url)}
     for trial in before:
         if trial.state == State.COMPLETE:
@@ -191,6 +193,7 @@ def break_storage_mid_run(
     retried = [t for t in final.values() if t.user_attrs.get(RETRY_ATTR) in left]
     assert sorted(t.user_attrs[RETRY_ATTR] for t in retried) == left
     assert [t.state for t in retried].count(State.COMPLETE) == 1  # this run's one trial
+    return broken
 
 
 def chattr(flag: str, *paths: Path) -> None:
@@ -213,7 +216,7 @@ def test_a_sqlite_file_made_read_only_mid_run_is_one_line_and_the_next_run_recov
         chattr("-i", folder)
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("chattr +i does not work here (no chattr, or a file system without it)")
-    break_storage_mid_run(
+    err = break_storage_mid_run(
         tmp_path,
         url,
         lambda: chattr("+i", database, folder),
@@ -221,6 +224,10 @@ def test_a_sqlite_file_made_read_only_mid_run_is_one_line_and_the_next_run_recov
         "--workers",
         workers,
     )
+    stopped = [line for line in err.splitlines() if re.match(r"worker \d+ stopped: ", line)]
+    assert bool(stopped) == (workers == "2")  # each worker that meets the failure says so
+    for line in stopped:
+        assert f" stopped: storage {url} failed during the run: " in line
 
 
 @pytest.mark.slow
