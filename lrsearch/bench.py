@@ -287,6 +287,8 @@ def run(config: BenchConfig, command: str) -> str:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 seconds[loop] += epochs()
+                # Progress on stderr: a full bench takes minutes, the table comes at the end.
+                print(f"{loop}: {statistics.median(seconds[loop]):.3f} s", file=sys.stderr)
                 if device.type == "cuda":
                     peak_device[loop] = torch.cuda.max_memory_allocated(device) / 2**20
                 peak_rss[loop] = _peak_rss_mib()

@@ -41,6 +41,7 @@ from lrsearch.storage import (
     first_line,
     heartbeat,
     redact,
+    storage_failure,
 )
 from lrsearch.study import (
     best_trial,
@@ -351,10 +352,7 @@ def run_trials(
                 for frozen in finished:
                     progress.trial_done(frozen)
     except STORAGE_ERRORS as error:
-        raise LrsearchError(
-            f"storage {redact(run.storage)} failed during the run: {redact(first_line(error))}; "
-            "completed trials are kept, and the next run fails and re-queues the unfinished ones"
-        ) from None
+        raise storage_failure(run.storage, error) from None
 
 
 def _run_population(

@@ -31,10 +31,12 @@ __all__ = [
     "fail_dead_trials",
     "first_line",
     "heartbeat",
+    "owner",
     "rdb_storage",
     "redact",
     "retry_trial",
     "storage_error",
+    "storage_failure",
 ]
 
 RETRY_ATTR = "retry_of"  # on a trial that re-runs the parameters of one whose process died
@@ -45,8 +47,14 @@ GRACE_SECONDS = 60
 # SQLite lets one writer in at a time; the others wait this long instead of failing at once.
 SQLITE_BUSY_SECONDS = 60
 
-# What a bad URL, an unreachable server or a file that is no database raises, whatever the driver.
-STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError)
+# What a bad URL, an unreachable server or a file that is no database raises, whatever the driver;
+# Optuna wraps a failed commit (a server gone, a read-only file) in StorageInternalError.
+STORAGE_ERRORS = (
+    sqlalchemy.exc.SQLAlchemyError,
+    optuna.exceptions.StorageInternalError,
+    ValueError,
+    ImportError,
+)
 
 
 def redact(url: str) -> str:
@@ -64,13 +72,25 @@ def storage_error(storage: str, error: Exception) -> LrsearchError:
     return LrsearchError(f"cannot open storage {redact(storage)}: {redact(first_line(error))}")
 
 
+def storage_failure(storage: str, error: Exception) -> LrsearchError:
+    """One line for a storage that worked when the run started and fails now.
+
+    Optuna's own message for a failed commit blames invalid data; its cause says what broke."""
+    internal = isinstance(error, optuna.exceptions.StorageInternalError)
+    cause = error.__cause__ if internal and error.__cause__ is not None else error
+    return LrsearchError(
+        f"storage {redact(storage)} failed during the run: {redact(first_line(cause))}; "
+        "completed trials are kept, and the next run fails and re-queues the unfinished ones"
+    )
+
+
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     """The URL's database, safe for several writing processes and for processes that die."""
     connect_args = {"timeout": SQLITE_BUSY_SECONDS} if url.startswith("sqlite") else {}
     attempts = 3
     while True:
         try:
-            return optuna.storages.RDBStorage(
+            return _OwnedTrialStorage(
                 url,
                 engine_kwargs={"connect_args": connect_args},
                 heartbeat_interval=HEARTBEAT_SECONDS,
@@ -82,6 +102,36 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
             if not attempts:
                 raise
             time.sleep(1)  # processes started together on a new database race to create tables
+
+
+def owner() -> dict[str, object]:
+    """The user attributes that tie a trial to the process running it."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+class _OwnedTrialStorage(optuna.storages.RDBStorage):
+    """New trials carry their process's host and pid from their first commit: a process killed
+    between creating a trial and recording them left it RUNNING with no pid, and the next run
+    (within GRACE_SECONDS) could not tell whether it was still running."""
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> optuna.trial.FrozenTrial:
+        if template_trial is None:  # a trial to run now; queued ones have a template
+            template_trial = optuna.trial.FrozenTrial(
+                number=0,
+                state=optuna.trial.TrialState.RUNNING,
+                value=None,
+                datetime_start=datetime.datetime.now(),
+                datetime_complete=None,
+                params={},
+                distributions={},
+                user_attrs=owner(),
+                system_attrs={},
+                intermediate_values={},
+                trial_id=0,
+            )
+        return super()._create_new_trial(study_id, template_trial)
 
 
 def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -39,7 +39,7 @@ from lrsearch.runner import (
     start_run,
     stop_requests,
 )
-from lrsearch.storage import fail_dead_trials, first_line
+from lrsearch.storage import STORAGE_ERRORS, fail_dead_trials, first_line, storage_failure
 from lrsearch.study import open_study, quiet_optuna
 from lrsearch.training import resolve_device, thread_count
 
@@ -91,24 +91,28 @@ def run_workers(
     pool = _Pool(config, started, devices, threads=thread_count(config.training.threads, workers))
     # Ctrl-C is a flag read in this loop, never an exception inside a storage call: one
     # landing in a SQLite read could keep its lock and stall every worker's commit.
-    with stop_requests((signal.SIGINT,)) as stop:
-        try:
-            for share in _shares(started.n_trials, workers):
-                pool.spawn(share)
-            trials = started.study.get_trials(deepcopy=False)
-            with Progress(started.n_trials, out, trials) as progress:
-                seen = {t.number for t in trials if t.state in FINISHED}
-                while pool.processes and not stop.is_set():
-                    time.sleep(0.5)
-                    for process in pool.exited():
-                        pool.handle_exit(process, out)
-                    for trial in _finished(started.study, started.before):
-                        if trial.number not in seen:
-                            seen.add(trial.number)
-                            progress.trial_done(trial)
-        finally:
-            pool.stop()
-            fail_dead_trials(started.study)
+    # A storage that fails stops every worker and is the run's one error line.
+    try:
+        with stop_requests((signal.SIGINT,)) as stop:
+            try:
+                for share in _shares(started.n_trials, workers):
+                    pool.spawn(share)
+                trials = started.study.get_trials(deepcopy=False)
+                with Progress(started.n_trials, out, trials) as progress:
+                    seen = {t.number for t in trials if t.state in FINISHED}
+                    while pool.processes and not stop.is_set():
+                        time.sleep(0.5)
+                        for process in pool.exited():
+                            pool.handle_exit(process, out)
+                        for trial in _finished(started.study, started.before):
+                            if trial.number not in seen:
+                                seen.add(trial.number)
+                                progress.trial_done(trial)
+            finally:
+                pool.stop()
+                fail_dead_trials(started.study)
+    except STORAGE_ERRORS as error:
+        raise storage_failure(started.storage, error) from None
     if stop.is_set():
         raise KeyboardInterrupt
     return started.report()
@@ -207,6 +211,7 @@ def _work(
     at a third of one worker's speed on 2 cores (BENCHMARKS.md). A worker whose parent dies
     stops too, or a restarted run would have two sets of workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_with_parent(parent)
     torch.set_num_threads(threads)
     try:
         quiet_optuna()
@@ -220,33 +225,30 @@ def _work(
             before=0,
         )
         with stop_requests((signal.SIGTERM,)) as stop:
-            _stop_with_parent(parent, stop)
             run_trials(run, config, task, stop=stop)
         if stop.is_set():
             sys.exit(130)
     except KeyboardInterrupt:  # a second SIGTERM
         sys.exit(130)
-    except LrsearchError as error:
-        print(f"lrsearch: error: worker {os.getpid()}: {error}", file=sys.stderr)
+    except LrsearchError as error:  # why, in a line; the parent's error line refers to it
+        print(f"worker {os.getpid()} stopped: {error}", file=sys.stderr)
         sys.exit(2)
-    except Exception as error:  # a bug, or a model failing outside a trial: say why, in a line
+    except Exception as error:  # a bug, or a model failing outside a trial
         print(
-            f"lrsearch: error: worker {os.getpid()} stopped: {type(error).__name__}: "
-            f"{first_line(error)}",
+            f"worker {os.getpid()} stopped: {type(error).__name__}: {first_line(error)}",
             file=sys.stderr,
         )
         sys.exit(1)
 
 
-def _stop_with_parent(parent: int, stop: threading.Event) -> None:
-    """Ask this worker to stop once ``parent`` is gone (its trials then fail at the next epoch
-    and the next run retries them); end it outright if it has not stopped STOP_SECONDS later."""
+def _stop_with_parent(parent: int) -> None:
+    """End this worker the moment ``parent`` is gone, as a kill would: its trials stay RUNNING
+    under a dead pid, so the next run fails them and queues them again. Stopping at the next
+    epoch instead failed them as if interrupted on purpose, and their parameters were lost."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1)
-        stop.set()
-        time.sleep(STOP_SECONDS)
         os._exit(1)
 
     threading.Thread(target=watch, name="lrsearch-parent-watch", daemon=True).start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,9 @@ import torch
 from digits_study import DIGITS_STUDY_FILE, digits_study
 
 from lrsearch import runner as runner_module
-from lrsearch import storage as storage_module
+from lrsearch import workers as workers_module
 from lrsearch.runner import run_study
-from lrsearch.storage import RETRY_ATTR, fail_dead_trials
-from lrsearch.study import open_study
+from lrsearch.storage import RETRY_ATTR
 from lrsearch.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +60,12 @@ def storage(workdir: Path) -> str:
 
 
 def running_trial(workdir: Path, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    """The first trial seen RUNNING with its process recorded."""
+    """The first trial seen training: RUNNING with its schedule sampled (its process is
+    recorded from its creation)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trial in trials(workdir):
-            if trial.state == State.RUNNING and "pid" in trial.user_attrs:
+            if trial.state == State.RUNNING and "schedule" in trial.user_attrs:
                 return trial
         time.sleep(0.1)
     raise AssertionError("no trial started running")
@@ -116,6 +115,54 @@ def test_ctrl_c_stops_the_workers_leaves_nothing_running_and_the_next_run_resume
     assert [t.state for t in trials(workdir)][len(states) :] == [State.COMPLETE]
 
 
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped (in a container, perhaps nobody
+    ever will)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_workers_whose_parent_is_killed_stop_and_the_next_run_retries_their_trials(
+    workdir: Path,
+) -> None:
+    """Trials one at a time, many of them: both workers are surely training at once."""
+    (workdir / "study.toml").write_text(
+        STUDY.replace("[training]\n", "[training]\npopulation = 1\n")
+    )
+    run = start(workdir, "--workers", "2", "--n-trials", "20", "--epochs", "10")
+    deadline = time.monotonic() + 120
+    while len(pids := {t.user_attrs["pid"] for t in running(workdir)}) < 2:
+        assert time.monotonic() < deadline and run.poll() is None, "two workers never ran"
+        time.sleep(0.1)
+    run.kill()
+    run.communicate()
+    deadline = time.monotonic() + workers_module.STOP_SECONDS
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived their parent"
+        time.sleep(0.2)
+    orphaned = {t.number for t in running(workdir)}
+    assert orphaned, "the workers stopped between trials"
+
+    again = start(workdir, "--n-trials", "1", "--epochs", "10")
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    done = {t.number: t for t in trials(workdir)}
+    assert State.RUNNING not in {t.state for t in done.values()}
+    retried = {t.user_attrs.get(RETRY_ATTR) for t in done.values()}
+    for number in orphaned:
+        assert done[number].state == State.FAIL
+        assert f"trial {number} had lost its process; failed it and queued it again" in err
+        assert number in retried
+
+
+def running(workdir: Path) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials(workdir) if t.state == State.RUNNING and "pid" in t.user_attrs]
+
+
 def test_a_trial_that_runs_out_of_memory_fails_with_its_reason_and_the_study_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,40 +182,3 @@ def test_a_trial_that_runs_out_of_memory_fails_with_its_reason_and_the_study_goe
     assert report.trials[1].user_attrs["error"] == (
         "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     )
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
-def test_trials_of_dead_local_processes_are_failed_and_queued_again(tmp_path: Path) -> None:
-    study = open_study(digits_study(tmp_path / "dead.db"), f"sqlite:///{tmp_path / 'dead.db'}")
-    gone = subprocess.Popen([sys.executable, "-c", ""])
-    gone.wait()
-    orphan, alive = study.ask(), study.ask()
-    for trial, pid in ((orphan, gone.pid), (alive, os.getpid())):
-        trial.suggest_float("x", 0.0, 1.0)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", pid)
-    assert [t.number for t in fail_dead_trials(study)] == [orphan.number]
-    states = {t.number: t for t in study.trials}
-    assert states[orphan.number].state == State.FAIL
-    assert states[alive.number].state == State.RUNNING
-    (retry,) = study.get_trials(states=[State.WAITING])
-    assert retry.user_attrs[RETRY_ATTR] == orphan.number
-    assert retry.system_attrs["fixed_params"] == {"x": orphan.params["x"]}
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
-def test_a_trial_whose_heartbeat_stops_is_failed_and_retried_by_the_next_trial(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What catches a worker lost on another machine: Optuna's heartbeat, wired to the retry."""
-    monkeypatch.setattr(storage_module, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(storage_module, "GRACE_SECONDS", 1)
-    study = open_study(digits_study(tmp_path / "hb.db"), f"sqlite:///{tmp_path / 'hb.db'}")
-    trial = study.ask()
-    trial.suggest_float("x", 0.0, 1.0)
-    study._storage.record_heartbeat(trial._trial_id)
-    time.sleep(2.5)
-    optuna.storages.fail_stale_trials(study)
-    assert study.trials[trial.number].state == State.FAIL
-    (retry,) = study.get_trials(states=[State.WAITING])
-    assert retry.user_attrs[RETRY_ATTR] == trial.number

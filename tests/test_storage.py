@@ -1,0 +1,299 @@
+"""The storage: passwords kept out of messages, dead processes' trials failed and retried, and
+a storage that fails mid-run (SQLite made read-only or moved away, PostgreSQL stopped).
+
+The mid-run failures are real: a ``python -m lrsearch run`` process, and its storage broken
+under it while it trains."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy.exc
+from digits_study import DIGITS_STUDY_FILE, digits_study
+
+from lrsearch import storage as storage_module
+from lrsearch.storage import RETRY_ATTR, fail_dead_trials, owner, redact, storage_failure
+from lrsearch.study import open_study
+
+REPO = Path(__file__).resolve().parents[1]
+State = optuna.trial.TrialState
+# Enough trials that the run is still training when its storage breaks; small populations,
+# so that the first completes soon.
+STUDY = '[study]\nname = "w"\nn_trials = 30\n' + DIGITS_STUDY_FILE.replace(
+    "[training]\n", "[training]\npopulation = 2\n"
+)
+
+
+def test_storage_passwords_never_show() -> None:
+    url = "postgresql://lr:s3cret@db.example:5432/studies"
+    assert redact(url) == "postgresql://lr:***@db.example:5432/studies"
+    assert "s3cret" not in redact(url)
+
+
+def test_a_failed_commit_is_named_by_its_cause_not_by_optunas_guess() -> None:
+    cause = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("disk I/O error"))
+    try:
+        raise optuna.exceptions.StorageInternalError("invalid data in the commit") from cause
+    except optuna.exceptions.StorageInternalError as error:
+        message = str(storage_failure("postgresql://lr:s3cret@db/x", error))
+    assert message.startswith("storage postgresql://lr:***@db/x failed during the run: ")
+    assert "disk I/O error" in message and "invalid data" not in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
+def test_trials_of_dead_local_processes_are_failed_and_queued_again(tmp_path: Path) -> None:
+    study = open_study(digits_study(tmp_path / "dead.db"), f"sqlite:///{tmp_path / 'dead.db'}")
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    orphan, alive = study.ask(), study.ask()
+    for trial, pid in ((orphan, gone.pid), (alive, os.getpid())):
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", pid)
+    assert [t.number for t in fail_dead_trials(study)] == [orphan.number]
+    states = {t.number: t for t in study.trials}
+    assert states[orphan.number].state == State.FAIL
+    assert states[alive.number].state == State.RUNNING
+    (retry,) = study.get_trials(states=[State.WAITING])
+    assert retry.user_attrs[RETRY_ATTR] == orphan.number
+    assert retry.system_attrs["fixed_params"] == {"x": orphan.params["x"]}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
+def test_a_trial_that_never_got_its_pid_is_failed_and_retried_once_past_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its process died between taking it from the queue and recording its pid (a new trial
+    has them from its creation): nothing else would end it."""
+    monkeypatch.setattr(storage_module, "GRACE_SECONDS", 5)
+    study = open_study(digits_study(tmp_path / "nopid.db"), f"sqlite:///{tmp_path / 'nopid.db'}")
+    assert study.ask().user_attrs == owner()
+    study.enqueue_trial({"x": 0.25})
+    study.enqueue_trial({"x": 0.75})
+    old, young = study.ask(), study.ask()
+    for trial in (old, young):
+        trial.suggest_float("x", 0.0, 1.0)
+        assert "pid" not in trial.user_attrs
+    started = datetime.datetime.now() - datetime.timedelta(seconds=10)
+    with study._storage._backend.scoped_session() as session:  # type: ignore[attr-defined]
+        session.execute(
+            sqlalchemy.text("UPDATE trials SET datetime_start = :t WHERE trial_id = :id"),
+            {"t": started, "id": old._trial_id},
+        )
+        session.commit()
+    assert [t.number for t in fail_dead_trials(study)] == [old.number]
+    states = {t.number: t.state for t in study.trials}
+    assert (states[old.number], states[young.number]) == (State.FAIL, State.RUNNING)
+    (retry,) = study.get_trials(states=[State.WAITING])
+    assert retry.user_attrs[RETRY_ATTR] == old.number
+    assert retry.system_attrs["fixed_params"] == {"x": 0.25}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
+def test_a_trial_whose_heartbeat_stops_is_failed_and_retried_by_the_next_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What catches a worker lost on another machine: Optuna's heartbeat, wired to the retry."""
+    monkeypatch.setattr(storage_module, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(storage_module, "GRACE_SECONDS", 1)
+    study = open_study(digits_study(tmp_path / "hb.db"), f"sqlite:///{tmp_path / 'hb.db'}")
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[trial.number].state == State.FAIL
+    (retry,) = study.get_trials(states=[State.WAITING])
+    assert retry.user_attrs[RETRY_ATTR] == trial.number
+
+
+def start(workdir: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    """``run`` in the background on a study created here first, so the test can watch it."""
+    (workdir / "study.toml").write_text(STUDY)
+    optuna.create_study(study_name="w", storage=url, direction="maximize", load_if_exists=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrsearch", "run", "--study", "study.toml", "--storage", url, *args],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="w", storage=url).trials
+
+
+def mid_run(
+    run: subprocess.Popen[str], url: str, timeout: float = 120
+) -> list[optuna.trial.FrozenTrial]:
+    """The trials once some have completed and others are training."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.poll() is None:
+        seen = trials(url)
+        if {State.COMPLETE, State.RUNNING} <= {t.state for t in seen}:
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"the run never got mid-way: {run.poll()=}")
+
+
+def break_storage_mid_run(
+    workdir: Path, url: str, break_it: Callable[[], None], mend_it: Callable[[], None], *args: str
+) -> str:
+    """Break the storage under a running study, mend it, and check that the run said so in one
+    line, kept every completed trial, and that the next run fails and retries the rest; the
+    broken run's stderr."""
+    run = start(workdir, url, "--epochs", "3", *args)
+    try:
+        before = mid_run(run, url)
+        break_it()
+        _, broken = run.communicate(timeout=120)
+    finally:
+        run.kill()
+        mend_it()
+    assert run.returncode != 0
+    assert "Traceback" not in broken
+    (line,) = [line for line in broken.splitlines() if line.startswith("lrsearch: error:")]
+    assert line.startswith(f"lrsearch: error: storage {redact(url)} failed during the run: ")
+    assert "s3cret" not in broken
+    after = {t.number: t for t in trials(url)}
+    for trial in before:
+        if trial.state == State.COMPLETE:
+            assert (after[trial.number].state, after[trial.number].value) == (
+                State.COMPLETE,
+                trial.value,
+            )
+    left = sorted(t.number for t in after.values() if t.state == State.RUNNING)
+    assert left, "the storage broke between populations; nothing was left to recover"
+
+    again = start(workdir, url, "--epochs", "3", "--n-trials", "1")
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    for number in left:
+        assert f"trial {number} had lost its process; failed it and queued it again" in out + err
+    final = {t.number: t for t in trials(url)}
+    assert State.RUNNING not in {t.state for t in final.values()}
+    assert {final[n].state for n in left} == {State.FAIL}
+    retried = [t for t in final.values() if t.user_attrs.get(RETRY_ATTR) in left]
+    assert sorted(t.user_attrs[RETRY_ATTR] for t in retried) == left
+    assert [t.state for t in retried].count(State.COMPLETE) == 1  # this run's one trial
+    return broken
+
+
+def chattr(flag: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sqlite_file_made_read_only_mid_run_is_one_line_and_the_next_run_recovers(
+    tmp_path: Path, workers: str
+) -> None:
+    """Read-only for root too: the immutable attribute, on the file and on its folder (where
+    SQLite creates its journal). With workers, each says why it stopped, in a plain line."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    database = folder / "w.db"
+    url = f"sqlite:///{database}"
+    try:
+        chattr("+i", folder)
+        chattr("-i", folder)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("chattr +i does not work here (no chattr, or a file system without it)")
+    err = break_storage_mid_run(
+        tmp_path,
+        url,
+        lambda: chattr("+i", database, folder),
+        lambda: chattr("-i", database, folder),
+        "--workers",
+        workers,
+    )
+    stopped = [line for line in err.splitlines() if re.match(r"worker \d+ stopped: ", line)]
+    assert bool(stopped) == (workers == "2")  # each worker that meets the failure says so
+    for line in stopped:
+        assert f" stopped: storage {url} failed during the run: " in line
+
+
+@pytest.mark.slow
+def test_a_sqlite_folder_removed_mid_run_is_one_line_and_the_next_run_recovers(
+    tmp_path: Path,
+) -> None:
+    """Moved away, which to the run is removed; moved back, so the test can read what it kept."""
+    folder, away = tmp_path / "db", tmp_path / "away"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'w.db'}"
+
+    def move_back() -> None:
+        if away.exists():
+            away.rename(folder)
+
+    break_storage_mid_run(tmp_path, url, lambda: folder.rename(away), move_back)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A throwaway PostgreSQL server of our own (CI's shared one must not be stopped), its URL
+    and ``pg_ctl`` to stop or start it; skipped where Debian's postgresql is not installed.
+
+    Its folder is straight under /tmp: the postgres user cannot enter pytest's."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL's server binaries are not installed (apt-get install postgresql)")
+    pg_bin = Path(bins[-1]).parent
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="lrsearch-pg.") as folder:
+        root = Path(folder)
+        shutil.chown(root, "postgres")
+        yield from _serve(pg_bin, root, port)
+
+
+def _serve(pg_bin: Path, root: Path, port: int) -> Iterator[tuple[str, Callable[[str], None]]]:
+    (root / "pw").write_text("s3cret")
+    shutil.chown(root / "pw", "postgres")
+
+    def as_postgres(*command: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True
+        )
+
+    def pg_ctl(action: str) -> None:
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        args = ["-m", "immediate"] if action == "stop" else ["-o", options, "-l", f"{root}/log"]
+        as_postgres(f"{pg_bin}/pg_ctl", "-D", f"{root}/data", "-w", *args, action)
+
+    as_postgres(f"{pg_bin}/initdb", "-D", f"{root}/data", "-U", "lr", f"--pwfile={root}/pw")
+    pg_ctl("start")
+    try:
+        as_postgres(f"{pg_bin}/createdb", "-h", str(root), "-p", str(port), "-U", "lr", "studies")
+        yield f"postgresql+psycopg://lr:s3cret@127.0.0.1:{port}/studies", pg_ctl
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl("stop")
+
+
+@pytest.mark.slow
+def test_a_postgresql_server_stopped_mid_run_is_one_line_and_the_next_run_recovers(
+    tmp_path: Path,
+) -> None:
+    with postgres_server() as (url, pg_ctl):
+        workdir = tmp_path / "work"
+        workdir.mkdir()
+        break_storage_mid_run(workdir, url, lambda: pg_ctl("stop"), lambda: pg_ctl("start"))
