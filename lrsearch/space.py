@@ -11,6 +11,10 @@ trials (no bounds computed from other parameters).
 Tuple parameters (milestones, boundaries, piecewise values) are sampled as
 fixed-range scalars and mapped to a sorted tuple, so their ranges stay fixed
 too. ``min_lr`` is sampled as a ratio of ``lr`` (0 allowed).
+
+``lr = "auto"`` leaves the peak LR's range to a range test (lrsearch.lr_find) run once per
+study; the study keeps the found range as a user attribute and its definition keeps
+``"auto"``, so every trial, resumed run and worker reads the same range from the study.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from lrsearch.errors import LrsearchError
 from lrsearch.schedules import FAMILIES, Schedule, make_schedule
 
 __all__ = [
+    "LR_RANGE_ATTR",
     "Categorical",
     "FloatRange",
     "SearchSpace",
     "default_space",
     "params_for",
+    "resolve_auto_lr",
     "space_from_table",
+    "study_space",
     "suggest_schedule",
 ]
 
@@ -132,6 +139,10 @@ _STAND_INS: dict[str, tuple[str, ...]] = {
 
 Setting = Dimension | Any  # a Dimension is searched; anything else is a fixed value
 
+# The study user attribute holding the range test's result for ``lr = "auto"``: a dict with
+# ``low``, ``high`` and ``suggested`` (the baselines' peak), written by lrsearch.lr_find.
+LR_RANGE_ATTR = "lr_range"
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -139,6 +150,12 @@ class SearchSpace:
 
     families: tuple[str, ...]
     settings: Mapping[str, Mapping[str, Setting]] = field(default_factory=dict)
+    # lr = "auto": every family's lr range comes from the study's range test; until it is
+    # resolved the settings hold the default range, which only validates the other settings.
+    auto_lr: bool = False
+    # Where baselines put their peak: the range test's suggestion once resolved; None: the
+    # centre of the lr range.
+    lr_centre: float | None = None
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -212,9 +229,12 @@ def space_from_table(table: Mapping[str, Any]) -> SearchSpace:
         raise LrsearchError(f"space.families={families!r} must be a list of family names")
     shared: dict[str, Any] = {}
     per_family: dict[str, dict[str, Any]] = {}
+    auto_lr = table.get("lr") == "auto"
     for key, value in table.items():
-        if key == "families":
+        if key == "families" or (key == "lr" and auto_lr):
             continue
+        if key == "lr" and not isinstance(value, list) and not _is_number(value):
+            raise LrsearchError(f'space.lr={value!r} must be [low, high], one number or "auto"')
         if key in FAMILIES and isinstance(value, Mapping):
             per_family[key] = {
                 name: _setting(_default_for(key, name), item, f"space.{key}.{name}")
@@ -222,7 +242,41 @@ def space_from_table(table: Mapping[str, Any]) -> SearchSpace:
             }
         else:
             shared[key] = _setting(_default_for(None, key), value, f"space.{key}")
-    return default_space(tuple(families) if families is not None else None, shared, per_family)
+    with_lr = sorted(family for family, settings in per_family.items() if "lr" in settings)
+    if auto_lr and with_lr:
+        raise LrsearchError(
+            f'space.{with_lr[0]}.lr cannot be set with space.lr = "auto"; the range test '
+            "finds every family's lr range: remove one of them"
+        )
+    space = default_space(tuple(families) if families is not None else None, shared, per_family)
+    return dataclasses.replace(space, auto_lr=auto_lr)
+
+
+def resolve_auto_lr(
+    space: SearchSpace, low: float, high: float, centre: float | None = None
+) -> SearchSpace:
+    """``space`` with every family's lr searched on a log scale over [low, high] found by the
+    range test, and baselines peaking at ``centre`` (None: the range's centre)."""
+    lr = FloatRange(low, high, log=True)
+    if centre is not None and not low <= centre <= high:
+        raise LrsearchError(f"the baselines' lr {centre:.3g} is outside [{low:.3g}, {high:.3g}]")
+    settings = {family: {**settings, "lr": lr} for family, settings in space.settings.items()}
+    for family, family_settings in settings.items():
+        _probe(family, family_settings)
+    return SearchSpace(space.families, settings, auto_lr=False, lr_centre=centre)
+
+
+def study_space(study: optuna.Study, space: SearchSpace) -> SearchSpace:
+    """The space the study's trials sample: an ``"auto"`` lr replaced by its stored range."""
+    if not space.auto_lr:
+        return space
+    found = study.user_attrs.get(LR_RANGE_ATTR)
+    if found is None:
+        raise LrsearchError(
+            f'space.lr = "auto", but study {study.study_name!r} has no range test result yet; '
+            "lrsearch run does it before the first trial (lrsearch.lr_find.auto_lr_range)"
+        )
+    return resolve_auto_lr(space, found["low"], found["high"], found["suggested"])
 
 
 def _default_for(family: str | None, name: str) -> Dimension | None:
@@ -288,6 +342,8 @@ def suggest_schedule(trial: optuna.Trial, space: SearchSpace | None = None) -> S
         scheduler = schedule.torch_scheduler(optimizer, total_steps)
     """
     space = space or default_space()
+    if space.auto_lr:  # only then: a FixedTrial, say, has no study
+        space = study_space(trial.study, space)
     family = str(trial.suggest_categorical("family", list(space.families)))
     settings = space.settings.get(family) or {**_SHARED, **_DEFAULTS[family]}
     sampled = {name: _suggest(trial, f"{family}.{name}", value) for name, value in settings.items()}
