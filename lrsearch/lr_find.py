@@ -30,7 +30,6 @@ from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.optim import MemberOptimizer
 from lrsearch.space import LR_RANGE_ATTR
-from lrsearch.stacking import stack_models
 from lrsearch.tasks import Task
 from lrsearch.training import TrainConfig, steps_per_epoch, uses_bf16
 
@@ -130,18 +129,18 @@ def suggest_range(lrs: Sequence[float], losses: Sequence[float]) -> LrRange:
     rates = np.asarray(lrs, dtype=np.float64)
     raw = np.asarray(losses, dtype=np.float64)
     if (
-        len(rates) in (0, 1)
+        len(rates) == 0
         or len(rates) != len(raw)
         or not (rates[0] > 0 and np.all(np.diff(rates) > 0))
     ):
-        raise ValueError("suggest_range needs a loss per LR, two LRs or more, positive and rising")
+        raise ValueError("suggest_range needs a loss per LR, the LRs positive and rising")
     if not math.isfinite(raw[0]):
         raise LrsearchError(
             f"the range test's loss is {raw[0]} from its first step (lr {rates[0]:.3g}); the "
             "model or its data produce no finite loss at any LR: check the task"
         )
     needed = SKIP_START + SKIP_END + 2
-    smoothed = _smooth(raw, _per_decade(rates))
+    smoothed = _smooth(raw, _per_decade(rates)) if len(raw) >= needed else raw
     end = _blow_up(smoothed)
     kept = len(raw) if end is None else end
     if kept < needed:
@@ -199,14 +198,15 @@ def find_lr(
     """Train one model of the task with ``config``'s optimizer and batch size while the LR
     grows from ``start`` to ``end`` over ``steps`` steps; stop once the loss blows up.
 
-    The model is built and trained as a population of one (lrsearch.stacking, MemberOptimizer),
-    so it is updated exactly as a trial would be, on the task's device."""
+    The model is built from ``seed`` as a trial's is, and MemberOptimizer updates it with
+    one member's LR, so it steps exactly as a trial would, on the task's device. It is not
+    stacked: a model whose outputs are NaN must reach the loss check, not stacking's own."""
     check_span(start, end, steps)
     device = task.train_labels.device
     per_epoch = steps_per_epoch(task, config)
     torch.manual_seed(seed)
-    stacked = stack_models([task.build_model().to(device)], task.normalize(task.train_images[:4]))
-    optimizer = MemberOptimizer(stacked.params, 1, config)
+    model = task.build_model().to(device)
+    optimizer = MemberOptimizer(list(model.parameters()), 1, config)
     shuffle = torch.Generator(device=device).manual_seed(seed)
     bf16 = uses_bf16(config.bf16, device)
     lrs = np.geomspace(start, end, steps)
@@ -220,8 +220,8 @@ def find_lr(
         batch = batches[step % per_epoch]
         labels = task.train_labels.index_select(0, batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = stacked.module(task.normalize(task.train_images.index_select(0, batch)))
-        loss = F.cross_entropy(logits[0].float(), labels)
+            logits = model(task.normalize(task.train_images.index_select(0, batch)))
+        loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step(torch.tensor([lr], dtype=torch.float32, device=device))
