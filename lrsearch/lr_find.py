@@ -47,7 +47,11 @@ STEPS = 200  # fastai and Lightning take 100; twice that halves the noise of eac
 # 100 steps over 8 decades is 4 decades: the smoothed minimum then lags the raw one far to the
 # right. A third of a decade keeps the lag below the precision the range needs.
 SMOOTHING_DECADES = 1 / 3
-BLOW_UP = 4.0  # the smoothed loss above this many times its minimum: the LR is too high
+# The LR is too high once the smoothed loss exceeds BLOW_UP x its minimum (fastai's and
+# Lightning's rule), or, having fallen by MIN_DECREASE, climbs back above where it started:
+# a network whose units die at a high LR falls back to chance (2.3 for ten classes), which
+# is far less than 4x a minimum of 1.9.
+BLOW_UP = 4.0
 # Points ignored at each end when looking for the steepest descent: the EMA's first values
 # lean on a few batches, and the last ones on the blow-up itself (fastai skips 10 and 5).
 SKIP_START, SKIP_END = 10, 5
@@ -58,7 +62,9 @@ SKIP_START, SKIP_END = 10, 5
 # minimum: half a decade below the edge.
 HIGH_DIVISOR = 3.0
 SPAN = 100.0  # suggested low = high / SPAN: two decades, as wide as the default [1e-3, 0.5]
-MIN_DECREASE = 0.01  # a smoothed loss that never falls 1% below its start "never decreased"
+# A smoothed loss that never falls 10% below its start "never decreased": smaller dips are
+# noise, and a range read off them would be a guess dressed up as a measurement.
+MIN_DECREASE = 0.1
 
 
 @dataclass(frozen=True)
@@ -115,9 +121,13 @@ def _per_decade(lrs: npt.NDArray[np.float64]) -> float:
 
 
 def _blow_up(smoothed: npt.NDArray[np.float64]) -> int | None:
-    """The first step whose smoothed loss is not finite or above BLOW_UP x the minimum so far."""
+    """The first step whose smoothed loss is not finite, above BLOW_UP x the minimum so far,
+    or back above the first after a fall."""
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(smoothed) | (smoothed > BLOW_UP * np.minimum.accumulate(smoothed))
+        lowest = np.minimum.accumulate(smoothed)
+        fell = lowest <= (1 - MIN_DECREASE) * smoothed[0]
+        limit = np.where(fell, np.minimum(BLOW_UP * lowest, smoothed[0]), BLOW_UP * lowest)
+        bad = ~np.isfinite(smoothed) | (smoothed > limit)
     return int(np.argmax(bad)) if bad.any() else None
 
 
@@ -153,13 +163,15 @@ def suggest_range(lrs: Sequence[float], losses: Sequence[float]) -> LrRange:
     lowest = int(np.argmin(curve))
     if curve[lowest] > curve[0] * (1 - MIN_DECREASE):
         raise LrsearchError(
-            f"the range test's loss never decreased between lr {rates[0]:.3g} and "
-            f"{rates[kept - 1]:.3g} (smoothed {curve[0]:.4g} at the start, lowest "
-            f"{curve[lowest]:.4g}); the model does not learn at these LRs: check the task, "
-            "or test a wider span"
+            f"the range test's loss never decreased by {MIN_DECREASE:.0%} between lr "
+            f"{rates[0]:.3g} and {rates[kept - 1]:.3g} (smoothed {curve[0]:.4g} at the start, "
+            f"lowest {curve[lowest]:.4g}): check the task, try find-lr with more --steps, or "
+            "set lr = [low, high] by hand"
         )
-    slopes = np.gradient(curve, points)[SKIP_START : kept - SKIP_END]
-    steepest = float(rates[SKIP_START + int(np.argmin(slopes))])
+    # Where the loss falls fastest on its way down to the minimum, away from the EMA's start.
+    first = min(SKIP_START, lowest - 1)
+    slopes = np.gradient(curve, points)[first : min(lowest + 1, kept - SKIP_END)]
+    steepest = float(rates[first + int(np.argmin(slopes))])
     high = float(rates[lowest]) / HIGH_DIVISOR
     return LrRange(
         lrs=tuple(float(r) for r in rates[:kept]),
