@@ -32,6 +32,7 @@ from lrsearch.schedules import FAMILIES, Schedule, make_schedule
 
 __all__ = [
     "LR_RANGE_ATTR",
+    "AutoLr",
     "Categorical",
     "FloatRange",
     "SearchSpace",
@@ -66,13 +67,24 @@ class Categorical:
             raise LrsearchError("a list of choices must not be empty")
 
 
+@dataclass(frozen=True)
+class AutoLr(FloatRange):
+    """``lr = "auto"``: the range is found by the study's range test (lrsearch.lr_find).
+
+    Until :func:`resolve_auto_lr` replaces it, it holds the default lr range, which only
+    validates the other settings; ``auto`` marks it in the study's stored definition."""
+
+    auto: bool = True
+
+
 Dimension = FloatRange | Categorical
 
 # What is searched for each family when the study file says nothing. Keys
 # are schedule parameters, plus the sampled stand-ins that ``_schedule_params``
 # turns into schedule parameters (``min_lr_ratio``, ``milestone_*``, ...).
+_DEFAULT_LR = FloatRange(1e-3, 0.5, log=True)
 _SHARED: dict[str, Dimension] = {
-    "lr": FloatRange(1e-3, 0.5, log=True),
+    "lr": _DEFAULT_LR,
     "warmup": FloatRange(0.0, 0.2),
     "warmup_mode": Categorical(("linear", "burnin")),
 }
@@ -150,12 +162,6 @@ class SearchSpace:
 
     families: tuple[str, ...]
     settings: Mapping[str, Mapping[str, Setting]] = field(default_factory=dict)
-    # lr = "auto": every family's lr range comes from the study's range test; until it is
-    # resolved the settings hold the default range, which only validates the other settings.
-    auto_lr: bool = False
-    # Where baselines put their peak: the range test's suggestion once resolved; None: the
-    # centre of the lr range.
-    lr_centre: float | None = None
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -167,6 +173,13 @@ class SearchSpace:
             )
         if len(set(self.families)) != len(self.families):
             raise LrsearchError(f"families are listed twice: {list(self.families)}")
+
+    @property
+    def auto_lr(self) -> bool:
+        """``lr = "auto"``, not yet resolved: the lr range waits for the range test.
+
+        A property, not a field: the stored definitions of existing studies stay equal."""
+        return any(isinstance(s.get("lr"), AutoLr) for s in self.settings.values())
 
 
 def default_space(
@@ -230,6 +243,8 @@ def space_from_table(table: Mapping[str, Any]) -> SearchSpace:
     shared: dict[str, Any] = {}
     per_family: dict[str, dict[str, Any]] = {}
     auto_lr = table.get("lr") == "auto"
+    if auto_lr:
+        shared["lr"] = AutoLr(_DEFAULT_LR.low, _DEFAULT_LR.high, log=True)
     for key, value in table.items():
         if key == "families" or (key == "lr" and auto_lr):
             continue
@@ -248,22 +263,19 @@ def space_from_table(table: Mapping[str, Any]) -> SearchSpace:
             f'space.{with_lr[0]}.lr cannot be set with space.lr = "auto"; the range test '
             "finds every family's lr range: remove one of them"
         )
-    space = default_space(tuple(families) if families is not None else None, shared, per_family)
-    return dataclasses.replace(space, auto_lr=auto_lr)
+    return default_space(tuple(families) if families is not None else None, shared, per_family)
 
 
-def resolve_auto_lr(
-    space: SearchSpace, low: float, high: float, centre: float | None = None
-) -> SearchSpace:
-    """``space`` with every family's lr searched on a log scale over [low, high] found by the
-    range test, and baselines peaking at ``centre`` (None: the range's centre)."""
+def resolve_auto_lr(space: SearchSpace, low: float, high: float) -> SearchSpace:
+    """``space`` with its ``"auto"`` lr searched on a log scale over the found [low, high]."""
     lr = FloatRange(low, high, log=True)
-    if centre is not None and not low <= centre <= high:
-        raise LrsearchError(f"the baselines' lr {centre:.3g} is outside [{low:.3g}, {high:.3g}]")
-    settings = {family: {**settings, "lr": lr} for family, settings in space.settings.items()}
+    settings = {
+        family: {**settings, "lr": lr} if isinstance(settings.get("lr"), AutoLr) else settings
+        for family, settings in space.settings.items()
+    }
     for family, family_settings in settings.items():
         _probe(family, family_settings)
-    return SearchSpace(space.families, settings, auto_lr=False, lr_centre=centre)
+    return SearchSpace(space.families, settings)
 
 
 def study_space(study: optuna.Study, space: SearchSpace) -> SearchSpace:
@@ -276,7 +288,7 @@ def study_space(study: optuna.Study, space: SearchSpace) -> SearchSpace:
             f'space.lr = "auto", but study {study.study_name!r} has no range test result yet; '
             "lrsearch run does it before the first trial (lrsearch.lr_find.auto_lr_range)"
         )
-    return resolve_auto_lr(space, found["low"], found["high"], found["suggested"])
+    return resolve_auto_lr(space, found["low"], found["high"])
 
 
 def _default_for(family: str | None, name: str) -> Dimension | None:

@@ -456,7 +456,7 @@ def test_run_with_auto_tests_once_and_a_resume_searches_the_stored_range(digits_
 
     study = optuna.load_study(study_name="digits-auto", storage=storage)
     found = study.user_attrs["lr_range"]
-    assert study.user_attrs["definition"]["space"]["auto_lr"] is True
+    assert study.user_attrs["definition"]["space"]["settings"]["cosine"]["lr"]["auto"] is True
     baselines = [t for t in study.trials if "baseline" in t.user_attrs]
     assert {t.user_attrs["baseline"] for t in baselines} == {"constant", "cosine-warmup-004"}
     for trial in study.trials:

@@ -184,7 +184,8 @@ def test_trials_and_baselines_use_the_stored_range_and_the_definition_keeps_auto
     for _ in range(20):
         schedule = suggest_schedule(study.ask(), config.space)
         assert 1e-4 <= schedule.lr <= 1e-2
-    assert study_definition(config) == definition and definition["space"]["auto_lr"] is True
+    assert study_definition(config) == definition
+    assert definition["space"]["settings"]["cosine"]["lr"]["auto"] is True
 
 
 def test_baselines_without_auto_stay_at_the_ranges_centre() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import optuna
 import pytest
@@ -11,6 +12,7 @@ from lrsearch import LrsearchError, suggest_schedule
 from lrsearch.schedules import FAMILIES, Schedule
 from lrsearch.space import (
     LR_RANGE_ATTR,
+    AutoLr,
     Categorical,
     FloatRange,
     default_space,
@@ -147,9 +149,9 @@ def test_the_default_space_covers_every_family() -> None:
 
 def test_auto_lr_is_a_marker_until_the_range_test_resolves_it() -> None:
     space = space_from_table({"lr": "auto", "families": ["cosine", "step"]})
-    assert space.auto_lr and space.lr_centre is None
-    resolved = resolve_auto_lr(space, 1e-4, 1e-2, 2e-3)
-    assert not resolved.auto_lr and resolved.lr_centre == 2e-3
+    assert space.auto_lr and isinstance(space.settings["cosine"]["lr"], AutoLr)
+    resolved = resolve_auto_lr(space, 1e-4, 1e-2)
+    assert not resolved.auto_lr
     for family in ("cosine", "step"):
         assert resolved.settings[family]["lr"] == FloatRange(1e-4, 1e-2, log=True)
         others = {k: v for k, v in resolved.settings[family].items() if k != "lr"}
@@ -157,14 +159,20 @@ def test_auto_lr_is_a_marker_until_the_range_test_resolves_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("low", "high", "centre", "message"),
-    [(1e-2, 1e-4, None, "empty"), (0.0, 1e-2, None, "must be > 0"), (1e-4, 1e-2, 0.5, "outside")],
+    ("low", "high", "message"), [(1e-2, 1e-4, "empty"), (0.0, 1e-2, "must be > 0")]
 )
-def test_a_bad_found_range_is_refused(
-    low: float, high: float, centre: float | None, message: str
-) -> None:
+def test_a_bad_found_range_is_refused(low: float, high: float, message: str) -> None:
     with pytest.raises(LrsearchError, match=message):
-        resolve_auto_lr(space_from_table({"lr": "auto"}), low, high, centre)
+        resolve_auto_lr(space_from_table({"lr": "auto"}), low, high)
+
+
+def test_a_hand_set_space_keeps_its_definition_and_auto_is_marked_in_its_own() -> None:
+    """``auto`` is a property, so the stored definitions of existing studies stay equal."""
+    hand = dataclasses.asdict(space_from_table({"lr": [1e-3, 0.5]}))
+    assert set(hand) == {"families", "settings"}
+    assert hand["settings"]["cosine"]["lr"] == {"low": 1e-3, "high": 0.5, "log": True}
+    auto = dataclasses.asdict(space_from_table({"lr": "auto"}))
+    assert auto["settings"]["cosine"]["lr"]["auto"] is True
 
 
 def test_an_auto_space_without_a_range_test_is_one_error() -> None:
