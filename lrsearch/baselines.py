@@ -4,8 +4,9 @@ A search earns trust only by beating what a practitioner would have used
 anyway. Each baseline below is built with the article's own constructor and
 numbers on the article's own run length, so it is already in fractions of
 the run; ``baselines_for`` then moves its peak to the centre of the study's
-lr range, keeping every ratio (``min_lr / lr``...). That is the whole
-translation, and it happens here only.
+lr range (for ``lr = "auto"``, to the range test's suggestion), keeping every
+ratio (``min_lr / lr``...). That is the whole translation, and it happens here
+only.
 
 Choices the articles leave open, stated:
 - Article 004's cosine is ``CosineScheduler(max_update=20, base_lr=0.3,
@@ -41,7 +42,7 @@ from lrsearch.schedules import (
     multistep_lr,
     polynomial_decay,
 )
-from lrsearch.space import FloatRange, SearchSpace, params_for
+from lrsearch.space import LR_RANGE_ATTR, FloatRange, SearchSpace, params_for, study_space
 
 __all__ = ["ARTICLE_BASELINES", "BASELINE_ATTR", "baselines_for", "enqueue_baselines"]
 
@@ -102,10 +103,13 @@ def _with_peak(schedule: Schedule, peak: float) -> Schedule:
     return dataclasses.replace(schedule, **changes)
 
 
-def _peak_for(space: SearchSpace, family: str) -> float:
-    """The centre of the family's lr range (geometric on a log scale), or its fixed value."""
+def _peak_for(space: SearchSpace, family: str, peak: float | None) -> float:
+    """``peak`` where the family's lr is searched, else the centre of its lr range
+    (geometric on a log scale); or its fixed value."""
     setting: Any = space.settings[family]["lr"]
     if isinstance(setting, FloatRange):
+        if peak is not None:
+            return peak
         return (
             math.sqrt(setting.low * setting.high)
             if setting.log
@@ -114,10 +118,11 @@ def _peak_for(space: SearchSpace, family: str) -> float:
     return float(setting)  # a fixed lr
 
 
-def baselines_for(space: SearchSpace) -> dict[str, Schedule]:
-    """Every article baseline whose family the space searches, at the space's peak."""
+def baselines_for(space: SearchSpace, peak: float | None = None) -> dict[str, Schedule]:
+    """Every article baseline whose family the space searches, at the space's peak, or at
+    ``peak`` (the range test's suggestion for ``lr = "auto"``) where the lr is searched."""
     return {
-        name: _with_peak(schedule, _peak_for(space, schedule.family))
+        name: _with_peak(schedule, _peak_for(space, schedule.family, peak))
         for name, schedule in ARTICLE_BASELINES.items()
         if schedule.family in space.families
     }
@@ -127,11 +132,16 @@ def enqueue_baselines(study: optuna.Study, space: SearchSpace, out: TextIO) -> l
     """Queue each baseline once per study (a resumed study does not queue them again).
 
     A baseline the study's space cannot produce (a value outside a range the
-    study file narrowed, say) is skipped with a note naming why.
+    study file narrowed, say) is skipped with a note naming why. With ``lr = "auto"`` the
+    study's range test must have run (lrsearch.lr_find.auto_lr_range); they then peak at
+    its suggested LR.
     """
+    found = study.user_attrs.get(LR_RANGE_ATTR) if space.auto_lr else None
+    peak = None if found is None else float(found["suggested"])
+    space = study_space(study, space)
     queued = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
     added = []
-    for name, schedule in baselines_for(space).items():
+    for name, schedule in baselines_for(space, peak).items():
         if name in queued:
             continue
         try:

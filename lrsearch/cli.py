@@ -105,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where trials' LR-curve images go; default beside the SQLite file, or .lrsearch/",
     )
+    find_lr = commands.add_parser(
+        "find-lr",
+        help="the learning-rate range test: suggest the range of the peak LR",
+        description="Train the study's model for a few hundred steps while the LR grows "
+        "exponentially, and read the range of the peak LR off the smoothed loss curve "
+        '(what lr = "auto" in [space] does before a study\'s first trial).',
+    )
+    _add_study_options(find_lr)
+    find_lr.add_argument(
+        "--out", type=Path, default=Path("lr_find.png"), help="the plot (PNG); default lr_find.png"
+    )
+    find_lr.add_argument("--start", type=float, default=1e-7, help="first LR (default 1e-7)")
+    find_lr.add_argument("--end", type=float, default=10.0, help="last LR (default 10)")
+    find_lr.add_argument("--steps", type=int, default=200, help="steps at most (default 200)")
     confirm = commands.add_parser(
         "confirm",
         help="retrain the top trials and the best baseline longer, with several seeds",
@@ -216,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "confirm":
             return _confirm(args)
+        if args.command == "find-lr":
+            return _find_lr(args)
         if args.command in ("export", "plot", "best"):
             return _results(args)
         if args.command == "bench":
@@ -278,6 +294,28 @@ def _run(args: argparse.Namespace) -> int:
         config, workers=args.workers, devices=args.devices, artifact_dir=args.artifact_dir
     )
     print("\n".join(report.lines()))
+    return 0
+
+
+def _find_lr(args: argparse.Namespace) -> int:
+    from lrsearch.lr_find import check_span, find_lr, save_plot
+    from lrsearch.paths import check_file
+    from lrsearch.study import load_study_task
+
+    config = _study_config(args)
+    check_span(args.start, args.end, args.steps)
+    check_file(args.out, "--out")
+    if args.out.suffix.lower() != ".png":
+        raise LrsearchError(f"--out {str(args.out)!r} is not allowed; the plot is a .png file")
+    task = load_study_task(config)
+    found = find_lr(
+        task, config.training, seed=config.seed, start=args.start, end=args.end, steps=args.steps
+    )
+    save_plot(found, args.out)
+    print(found.describe())
+    print(f"suggested lr {found.suggested:.3g}")
+    print(f'in the study file: lr = [{found.low:.3g}, {found.high:.3g}], or lr = "auto"')
+    print(args.out)
     return 0
 
 

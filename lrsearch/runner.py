@@ -296,6 +296,12 @@ def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Ru
             + ("none yet" if best is None else f"{best.value:.4f} (trial {best.number})"),
             file=out,
         )
+    # --- issue 17: lr = "auto" runs the range test once per study, before the first trial.
+    if config.space.auto_lr:
+        from lrsearch.lr_find import auto_lr_range
+
+        auto_lr_range(study, config, load_study_task(config), out)
+    # --- end issue 17
     queued = enqueue_baselines(study, config.space, out) if config.baselines else []
     if queued:
         print(f"baselines first: {', '.join(queued)}", file=out)

@@ -11,6 +11,10 @@ trials (no bounds computed from other parameters).
 Tuple parameters (milestones, boundaries, piecewise values) are sampled as
 fixed-range scalars and mapped to a sorted tuple, so their ranges stay fixed
 too. ``min_lr`` is sampled as a ratio of ``lr`` (0 allowed).
+
+``lr = "auto"`` leaves the peak LR's range to a range test (lrsearch.lr_find) run once per
+study; the study keeps the found range as a user attribute and its definition keeps
+``"auto"``, so every trial, resumed run and worker reads the same range from the study.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ from lrsearch.errors import LrsearchError
 from lrsearch.schedules import FAMILIES, Schedule, make_schedule
 
 __all__ = [
+    "LR_RANGE_ATTR",
+    "AutoLr",
     "Categorical",
     "FloatRange",
     "SearchSpace",
     "default_space",
     "params_for",
+    "resolve_auto_lr",
     "space_from_table",
+    "study_space",
     "suggest_schedule",
 ]
 
@@ -59,13 +67,24 @@ class Categorical:
             raise LrsearchError("a list of choices must not be empty")
 
 
+@dataclass(frozen=True)
+class AutoLr(FloatRange):
+    """``lr = "auto"``: the range is found by the study's range test (lrsearch.lr_find).
+
+    Until :func:`resolve_auto_lr` replaces it, it holds the default lr range, which only
+    validates the other settings; ``auto`` marks it in the study's stored definition."""
+
+    auto: bool = True
+
+
 Dimension = FloatRange | Categorical
 
 # What is searched for each family when the study file says nothing. Keys
 # are schedule parameters, plus the sampled stand-ins that ``_schedule_params``
 # turns into schedule parameters (``min_lr_ratio``, ``milestone_*``, ...).
+_DEFAULT_LR = FloatRange(1e-3, 0.5, log=True)
 _SHARED: dict[str, Dimension] = {
-    "lr": FloatRange(1e-3, 0.5, log=True),
+    "lr": _DEFAULT_LR,
     "warmup": FloatRange(0.0, 0.2),
     "warmup_mode": Categorical(("linear", "burnin")),
 }
@@ -132,6 +151,10 @@ _STAND_INS: dict[str, tuple[str, ...]] = {
 
 Setting = Dimension | Any  # a Dimension is searched; anything else is a fixed value
 
+# The study user attribute holding the range test's result for ``lr = "auto"``: a dict with
+# ``low``, ``high`` and ``suggested`` (the baselines' peak), written by lrsearch.lr_find.
+LR_RANGE_ATTR = "lr_range"
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -150,6 +173,13 @@ class SearchSpace:
             )
         if len(set(self.families)) != len(self.families):
             raise LrsearchError(f"families are listed twice: {list(self.families)}")
+
+    @property
+    def auto_lr(self) -> bool:
+        """``lr = "auto"``, not yet resolved: the lr range waits for the range test.
+
+        A property, not a field: the stored definitions of existing studies stay equal."""
+        return any(isinstance(s.get("lr"), AutoLr) for s in self.settings.values())
 
 
 def default_space(
@@ -212,9 +242,14 @@ def space_from_table(table: Mapping[str, Any]) -> SearchSpace:
         raise LrsearchError(f"space.families={families!r} must be a list of family names")
     shared: dict[str, Any] = {}
     per_family: dict[str, dict[str, Any]] = {}
+    auto_lr = table.get("lr") == "auto"
+    if auto_lr:
+        shared["lr"] = AutoLr(_DEFAULT_LR.low, _DEFAULT_LR.high, log=True)
     for key, value in table.items():
-        if key == "families":
+        if key == "families" or (key == "lr" and auto_lr):
             continue
+        if key == "lr" and not isinstance(value, list) and not _is_number(value):
+            raise LrsearchError(f'space.lr={value!r} must be [low, high], one number or "auto"')
         if key in FAMILIES and isinstance(value, Mapping):
             per_family[key] = {
                 name: _setting(_default_for(key, name), item, f"space.{key}.{name}")
@@ -222,7 +257,38 @@ def space_from_table(table: Mapping[str, Any]) -> SearchSpace:
             }
         else:
             shared[key] = _setting(_default_for(None, key), value, f"space.{key}")
+    with_lr = sorted(family for family, settings in per_family.items() if "lr" in settings)
+    if auto_lr and with_lr:
+        raise LrsearchError(
+            f'space.{with_lr[0]}.lr cannot be set with space.lr = "auto"; the range test '
+            "finds every family's lr range: remove one of them"
+        )
     return default_space(tuple(families) if families is not None else None, shared, per_family)
+
+
+def resolve_auto_lr(space: SearchSpace, low: float, high: float) -> SearchSpace:
+    """``space`` with its ``"auto"`` lr searched on a log scale over the found [low, high]."""
+    lr = FloatRange(low, high, log=True)
+    settings = {
+        family: {**settings, "lr": lr} if isinstance(settings.get("lr"), AutoLr) else settings
+        for family, settings in space.settings.items()
+    }
+    for family, family_settings in settings.items():
+        _probe(family, family_settings)
+    return SearchSpace(space.families, settings)
+
+
+def study_space(study: optuna.Study, space: SearchSpace) -> SearchSpace:
+    """The space the study's trials sample: an ``"auto"`` lr replaced by its stored range."""
+    if not space.auto_lr:
+        return space
+    found = study.user_attrs.get(LR_RANGE_ATTR)
+    if found is None:
+        raise LrsearchError(
+            f'space.lr = "auto", but study {study.study_name!r} has no range test result yet; '
+            "lrsearch run does it before the first trial (lrsearch.lr_find.auto_lr_range)"
+        )
+    return resolve_auto_lr(space, found["low"], found["high"])
 
 
 def _default_for(family: str | None, name: str) -> Dimension | None:
@@ -288,6 +354,8 @@ def suggest_schedule(trial: optuna.Trial, space: SearchSpace | None = None) -> S
         scheduler = schedule.torch_scheduler(optimizer, total_steps)
     """
     space = space or default_space()
+    if space.auto_lr:  # only then: a FixedTrial, say, has no study
+        space = study_space(trial.study, space)
     family = str(trial.suggest_categorical("family", list(space.families)))
     settings = space.settings.get(family) or {**_SHARED, **_DEFAULTS[family]}
     sampled = {name: _suggest(trial, f"{family}.{name}", value) for name, value in settings.items()}

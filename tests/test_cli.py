@@ -49,6 +49,21 @@ def no_argument():
     raise AssertionError("never called")
 
 
+class NanLogits(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)) * float("nan")
+
+
+def nan_model(data_dir):
+    images = torch.zeros(128, 1, 28, 28, dtype=torch.uint8)
+    labels = torch.arange(128) % 10
+    return TaskSource(images, labels, images, labels, num_classes=10, models={"nan": NanLogits})
+
+
 def string_classes(data_dir):
     return TaskSource(
         train_images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8),
@@ -257,6 +272,22 @@ def test_a_bad_option_in_a_subprocess_is_one_line_and_exit_2(workdir: Path) -> N
         (["run", "--task", "bad_tasks:raises"], "raises raised ValueError: no images here"),
         (["run", "--task", "bad_tasks:no_argument"], "no_argument raised TypeError"),
         (["run", "--task", "bad_tasks:string_classes"], "num_classes must be an int, got '10'"),
+        # The range test: its span and plot checked before the task is loaded.
+        (["find-lr", "--start", "0"], "span [0.0, 10.0] is not allowed; it needs finite 0 <"),
+        (["find-lr", "--start", "1", "--end", "0.1"], "span [1.0, 0.1] is not allowed"),
+        (["find-lr", "--end", "inf"], "span [1e-07, inf] is not allowed"),
+        (["find-lr", "--start", "nan"], "span [nan, 10.0] is not allowed"),
+        (["find-lr", "--steps", "3"], "steps=3 is not allowed; it must be >= 17"),
+        (["find-lr", "--steps", "x"], "invalid int value"),
+        (["find-lr", "--out", "data"], "--out 'data' is a folder; it must be a file name"),
+        (["find-lr", "--out", "plot.jpg"], "--out 'plot.jpg' is not allowed; the plot is a .png"),
+        (["find-lr", "--out", "study.toml/p.png"], "its folder 'study.toml' is a file"),
+        (["find-lr", "--task", "no-such-task"], "unknown task 'no-such-task'"),
+        (["find-lr", "--task", "bad_tasks:raises"], "raises raised ValueError: no images here"),
+        (
+            ["find-lr", "--task", "bad_tasks:nan_model"],
+            "the range test's loss is nan from its first step",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -280,7 +311,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         "--storage",
         "sqlite:///untouched.db",
     ]
-    code = main([args[0], *defaults, *args[1:]] if args[0] in ("run", "confirm") else args)
+    with_study = ("run", "confirm", "find-lr")
+    code = main([args[0], *defaults, *args[1:]] if args[0] in with_study else args)
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("lrsearch: error: ") and err.count("\n") == 1
@@ -377,3 +409,60 @@ def test_debug_prints_the_causes_traceback_before_the_one_line(
         == "lrsearch: error: task 'bad_tasks:raises': raises raised ValueError: no images here"
     )
     assert not (workdir / "untouched.db").exists()
+
+
+DIGITS_AUTO = """
+[study]
+name = "digits-auto"
+n_trials = 2
+baselines = true
+[task]
+name = "examples.custom_task:build"
+val_size = 0.2
+[training]
+epochs = 1
+batch_size = 32
+[space]
+families = ["constant", "cosine"]
+lr = "auto"
+"""
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("digits")
+    (root / "examples").symlink_to(REPO / "examples")
+    (root / "auto.toml").write_text(DIGITS_AUTO)
+    return root
+
+
+def test_find_lr_prints_the_range_and_writes_the_plot(digits_dir: Path) -> None:
+    result = lrsearch(digits_dir, "find-lr", "--study", "auto.toml", "--out", "lr.png")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("lr range [") and "steepest descent at" in first and " s)" in first
+    assert 'lr = "auto"' in result.stdout
+    assert (digits_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_with_auto_tests_once_and_a_resume_searches_the_stored_range(digits_dir: Path) -> None:
+    storage = f"sqlite:///{digits_dir / 'auto.db'}"
+    first = lrsearch(digits_dir, "run", "--study", "auto.toml", "--storage", storage)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("running the learning-rate range test") == 1
+    second = lrsearch(digits_dir, "run", "--study", "auto.toml", "--storage", storage)
+    assert second.returncode == 0, second.stderr
+    assert "range test" not in second.stderr
+
+    study = optuna.load_study(study_name="digits-auto", storage=storage)
+    found = study.user_attrs["lr_range"]
+    assert study.user_attrs["definition"]["space"]["settings"]["cosine"]["lr"]["auto"] is True
+    baselines = [t for t in study.trials if "baseline" in t.user_attrs]
+    assert {t.user_attrs["baseline"] for t in baselines} == {"constant", "cosine-warmup-004"}
+    for trial in study.trials:
+        lr = Schedule.from_dict(trial.user_attrs["schedule"]).lr
+        assert found["low"] <= lr <= found["high"]
+    for trial in baselines:
+        assert Schedule.from_dict(trial.user_attrs["schedule"]).lr == pytest.approx(
+            found["suggested"]
+        )

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import optuna
 import pytest
 
 from lrsearch import LrsearchError, suggest_schedule
 from lrsearch.schedules import FAMILIES, Schedule
-from lrsearch.space import Categorical, FloatRange, default_space, space_from_table
+from lrsearch.space import (
+    LR_RANGE_ATTR,
+    AutoLr,
+    Categorical,
+    FloatRange,
+    default_space,
+    resolve_auto_lr,
+    space_from_table,
+)
 
 
 def sample(n_trials: int, space=None, seed: int = 0) -> optuna.Study:
@@ -118,6 +127,13 @@ def test_study_file_ranges_choices_and_fixed_values() -> None:
         ({"families": ["cosine"], "cosine": {"decay_period": -1}}, "decay_period=-1.0"),
         ({"families": ["cosine"], "step": {"gamma": 0.5}}, "not in space.families"),
         ({"nonsense": 1}, "unknown parameter 'nonsense'"),
+        ({"lr": "Auto"}, "space.lr='Auto' must be [low, high], one number or \"auto\""),
+        ({"lr": True}, 'one number or "auto"'),
+        (
+            {"lr": "auto", "families": ["cosine"], "cosine": {"lr": 0.1}},
+            'space.cosine.lr cannot be set with space.lr = "auto"',
+        ),
+        ({"families": ["cosine"], "cosine": {"lr": "auto"}}, "space.cosine.lr='auto' must be"),
     ],
 )
 def test_bad_space_tables_are_refused_with_the_reason(table: dict, message: str) -> None:
@@ -129,3 +145,46 @@ def test_bad_space_tables_are_refused_with_the_reason(table: dict, message: str)
 
 def test_the_default_space_covers_every_family() -> None:
     assert set(default_space().families) == set(FAMILIES)
+
+
+def test_auto_lr_is_a_marker_until_the_range_test_resolves_it() -> None:
+    space = space_from_table({"lr": "auto", "families": ["cosine", "step"]})
+    assert space.auto_lr and isinstance(space.settings["cosine"]["lr"], AutoLr)
+    resolved = resolve_auto_lr(space, 1e-4, 1e-2)
+    assert not resolved.auto_lr
+    for family in ("cosine", "step"):
+        assert resolved.settings[family]["lr"] == FloatRange(1e-4, 1e-2, log=True)
+        others = {k: v for k, v in resolved.settings[family].items() if k != "lr"}
+        assert others == {k: v for k, v in space.settings[family].items() if k != "lr"}
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "message"), [(1e-2, 1e-4, "empty"), (0.0, 1e-2, "must be > 0")]
+)
+def test_a_bad_found_range_is_refused(low: float, high: float, message: str) -> None:
+    with pytest.raises(LrsearchError, match=message):
+        resolve_auto_lr(space_from_table({"lr": "auto"}), low, high)
+
+
+def test_a_hand_set_space_keeps_its_definition_and_auto_is_marked_in_its_own() -> None:
+    """``auto`` is a property, so the stored definitions of existing studies stay equal."""
+    hand = dataclasses.asdict(space_from_table({"lr": [1e-3, 0.5]}))
+    assert set(hand) == {"families", "settings"}
+    assert hand["settings"]["cosine"]["lr"] == {"low": 1e-3, "high": 0.5, "log": True}
+    auto = dataclasses.asdict(space_from_table({"lr": "auto"}))
+    assert auto["settings"]["cosine"]["lr"]["auto"] is True
+
+
+def test_an_auto_space_without_a_range_test_is_one_error() -> None:
+    study = optuna.create_study()
+    with pytest.raises(LrsearchError, match="has no range test result yet"):
+        suggest_schedule(study.ask(), space_from_table({"lr": "auto"}))
+
+
+def test_an_auto_space_samples_the_stored_range_on_a_log_scale() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr(LR_RANGE_ATTR, {"low": 1e-5, "high": 1e-3, "suggested": 1e-4})
+    space = space_from_table({"lr": "auto", "families": ["constant"]})
+    lrs = [suggest_schedule(study.ask(), space).lr for _ in range(200)]
+    assert all(1e-5 <= lr <= 1e-3 for lr in lrs)
+    assert 0.3 < sum(lr < 1e-4 for lr in lrs) / len(lrs) < 0.7  # log scale: half below 1e-4
