@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
 def _find_lr(args: argparse.Namespace) -> int:
     from lrsearch.lr_find import check_span, find_lr, save_plot
     from lrsearch.paths import check_file
-    from lrsearch.study import load_study_task
+    from lrsearch.runner import load_study_task
 
     config = _study_config(args)
     check_span(args.start, args.end, args.steps)
