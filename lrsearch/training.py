@@ -118,11 +118,18 @@ def population_size(population: int | None, device: torch.device) -> int:
 
 
 def thread_count(threads: int | None, workers: int = 1) -> int:
-    """CPU threads for each of ``workers`` processes: as asked, else the cores shared out."""
+    """CPU threads for each of ``workers`` processes: as asked, else the idle cores shared out.
+
+    Idle, not all: OpenMP threads spinning against another job's core made a LeNet population
+    1.9x slower with 2 threads than with 1 on a 2-core machine, while on an idle machine 2
+    threads were 1.8x faster (README, "Threads"). The 1-minute load average at start counts
+    the busy cores."""
     if threads is not None:
         return threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // workers)
+    cores = cores or 1
+    busy = min(cores - 1, round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else 0
+    return max(1, (cores - busy) // workers)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ from lrsearch.training import (
     TrainConfig,
     TrainResult,
     resolve_device,
+    thread_count,
     train,
     train_population,
     uses_bf16,
@@ -316,3 +318,16 @@ def test_bf16_autocast_trains_on_the_cpu_too(task: Task) -> None:
     result = train(task, Cosine(lr=0.05), TrainConfig(epochs=3, batch_size=32, bf16=True), seed=0)
     assert result.diverged_step is None
     assert result.val_accuracy > 0.3  # ten classes: chance is 0.1
+
+
+@pytest.mark.parametrize(
+    ("load", "workers", "expected"),
+    [(0.1, 1, 4), (1.2, 1, 3), (3.9, 1, 1), (9.0, 1, 1), (0.0, 2, 2), (2.0, 2, 1)],
+)
+def test_the_default_threads_are_the_idle_cores_shared_among_workers(
+    monkeypatch: pytest.MonkeyPatch, load: float, workers: int, expected: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert thread_count(None, workers) == expected
+    assert thread_count(3, workers) == 3  # asked for: as asked
