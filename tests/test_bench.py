@@ -24,14 +24,19 @@ def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [
         re.split(r"\s{2,}", line)
         for line in out.splitlines()
-        if line.startswith(("classic", "lrsearch"))
+        if line.startswith(("classic", "lrsearch", "quick MLP"))
     ]
     default = "bf16" if uses_bf16(None, torch.device("cpu")) else "fp32"
     assert [row[0].removesuffix(" (default)") for row in rows] == [
         "classic",
         "lrsearch fp32",
         "lrsearch bf16",
+        *(f"lrsearch {default} population {k}" for k in (2, 4, 8, 16)),
+        # The quick study's task is importable: pytest runs from the repository root.
+        *(f"quick MLP {default} population {k}" for k in (1, 2, 4, 8, 16)),
     ]
+    quick_base = next(row for row in rows if row[0].startswith("quick MLP"))
+    assert quick_base[3] == "1.00x"  # the MLP rows' speedups are against one MLP at a time
     assert [row[0] for row in rows if row[0].endswith(" (default)")] == [
         f"lrsearch {default} (default)"
     ]
