@@ -44,6 +44,8 @@ MAXIMIZE, MINIMIZE = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDir
 OBJECTIVES = {"val_accuracy": MAXIMIZE, "val_loss": MINIMIZE}
 # The study's task, training and space, set when it is created; a run that differs is refused.
 DEFINITION_ATTR = "definition"
+# Settings added to the definition after studies existed, with the value those studies had.
+ADDED_SETTINGS = {"seeds": 1, "objective": "val_accuracy"}
 SEEDS_ATTR = "train_seeds"  # the seeds every trial trains with, set when the study is created
 
 
@@ -145,6 +147,8 @@ def check_definition(
     may then differ, since it may have come from ``run --epochs`` rather than the study file.
     """
     stored = study.user_attrs.get(DEFINITION_ATTR)
+    if stored is not None:  # a study from before a setting existed had that setting's default
+        stored = {**ADDED_SETTINGS, **stored}
     definition = study_definition(config)
     if any_epochs and stored is not None:
         definition["training"]["epochs"] = stored.get("training", {}).get("epochs")

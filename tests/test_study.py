@@ -188,3 +188,15 @@ def test_a_storage_failing_during_the_run_is_one_line(
         run_trials(run, config, task, stop=threading.Event())
     assert str(error.value).startswith(f"storage sqlite:///{tmp_path / 'study.db'} failed")
     assert "disk I/O error" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_study_from_before_seeds_and_objective_resumes_with_their_defaults(
+    tmp_path: Path,
+) -> None:
+    config = digits_study(tmp_path)
+    study = open_study(config, config.storage or "")
+    old = {k: v for k, v in study_definition(config).items() if k not in ("seeds", "objective")}
+    study.set_user_attr("definition", old)
+    open_study(config, config.storage or "")  # resumes: 1 seed and accuracy were the defaults
+    with pytest.raises(LrsearchError, match="seeds: 1 -> 2"):
+        open_study(dataclasses.replace(config, seeds=2), config.storage or "")
