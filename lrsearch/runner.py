@@ -251,7 +251,7 @@ def _outcome(trial: optuna.trial.FrozenTrial) -> str:
     attrs = trial.user_attrs
     family = attrs.get("family", "?")
     seconds = attrs.get("train_seconds")
-    took = "" if seconds is None else f"  {seconds:.1f} s"
+    took = "" if seconds is None else f"  {seconds:.{2 if seconds < 10 else 0}f} s"
     if trial.state == optuna.trial.TrialState.FAIL:
         return f"{family} failed: {attrs.get('error', 'its process was lost')}"
     if attrs.get("diverged"):
