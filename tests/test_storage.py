@@ -136,6 +136,12 @@ def start(workdir: Path, url: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+# Long enough that a population trains for a second or more after the test sees it start
+# (with 3 epochs a population could finish while the storage was being broken, once in
+# about ten runs, leaving nothing to recover).
+EPOCHS = "30"
+
+
 def trials(url: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="w", storage=url).trials
 
@@ -143,11 +149,14 @@ def trials(url: str) -> list[optuna.trial.FrozenTrial]:
 def mid_run(
     run: subprocess.Popen[str], url: str, timeout: float = 120
 ) -> list[optuna.trial.FrozenTrial]:
-    """The trials once some have completed and others are training."""
+    """The trials once some have completed and others have just started training (at most
+    3 of their epochs reported), so that the storage breaks while they still train."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and run.poll() is None:
         seen = trials(url)
-        if {State.COMPLETE, State.RUNNING} <= {t.state for t in seen}:
+        running = [t for t in seen if t.state == State.RUNNING]
+        young = running and all(len(t.intermediate_values) <= 3 for t in running)
+        if young and any(t.state == State.COMPLETE for t in seen):
             return seen
         time.sleep(0.2)
     raise AssertionError(f"the run never got mid-way: {run.poll()=}")
@@ -159,7 +168,7 @@ def break_storage_mid_run(
     """Break the storage under a running study, mend it, and check that the run said so in one
     line, kept every completed trial, and that the next run fails and retries the rest; the
     broken run's stderr."""
-    run = start(workdir, url, "--epochs", "3", *args)
+    run = start(workdir, url, "--epochs", EPOCHS, *args)
     try:
         before = mid_run(run, url)
         break_it()
@@ -182,7 +191,7 @@ def break_storage_mid_run(
     left = sorted(t.number for t in after.values() if t.state == State.RUNNING)
     assert left, "the storage broke between populations; nothing was left to recover"
 
-    again = start(workdir, url, "--epochs", "3", "--n-trials", "1")
+    again = start(workdir, url, "--epochs", EPOCHS, "--n-trials", "1")
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     for number in left:
