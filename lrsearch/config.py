@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lrsearch.errors import LrsearchError
+from lrsearch.errors import LrsearchError, read_document
 from lrsearch.space import SearchSpace, space_from_table
 
 if sys.version_info >= (3, 11):
@@ -193,29 +193,16 @@ def default_storage(study_name: str) -> str:
 
 def load_study_file(path: str | Path) -> StudyConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise LrsearchError(
-            f"cannot read study file {str(path)!r}: {error.strerror}; "
-            "pass --study FILE (the repository's studies/ folder has examples)"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise LrsearchError(
-            f"study file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} "
-            f"at offset {error.start}); a study file is TOML saved as UTF-8"
-        ) from None
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise LrsearchError(f"study file {str(path)!r} is not valid TOML: {error}") from None
-    except (ValueError, RecursionError) as error:
-        # tomllib's own limits: an integer of more than 4300 digits, tables nested too deep.
-        problem = "nests too deeply" if isinstance(error, RecursionError) else "has a huge number"
-        raise LrsearchError(
-            f"study file {str(path)!r} {problem}; numbers must fit in 64 bits and tables in "
-            "a few levels"
-        ) from None
+    document = read_document(
+        path,
+        "study",
+        "TOML",
+        tomllib.loads,
+        tomllib.TOMLDecodeError,
+        str,
+        "numbers must fit in 64 bits and tables in a few levels",
+        unreadable="; pass --study FILE (the repository's studies/ folder has examples)",
+    )
     try:
         _check_integers(document, "")
         return study_from_table(document, default_name=path.stem)

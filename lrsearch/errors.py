@@ -6,6 +6,50 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+Parsed = TypeVar("Parsed")
+
 
 class LrsearchError(Exception):
     """Bad input: a schedule, a study file, an option, a data set, a storage."""
+
+
+def read_document(
+    path: str | os.PathLike[str],
+    kind: str,
+    form: str,
+    parse: Callable[[str], Parsed],
+    syntax: type[Exception],
+    describe: Callable[[Any], str],
+    limits: str,
+    *,
+    error: type[LrsearchError] = LrsearchError,
+    unreadable: str = "",
+) -> Parsed:
+    """A user's UTF-8 text file (a study, a schedule), parsed. Whatever the file holds (no
+    file, bytes that are not UTF-8, a syntax error, more than the parser's own limits: an
+    integer of over 4300 digits, nesting too deep) is one ``error`` naming it, never a
+    traceback."""
+    where = f"{kind} file {str(path)!r}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as problem:
+        raise error(f"cannot read {where}: {problem.strerror}{unreadable}") from None
+    except UnicodeDecodeError as problem:
+        raise error(
+            f"{where} is not UTF-8 text (byte {problem.object[problem.start]:#04x} at offset "
+            f"{problem.start}); a {kind} file is {form} saved as UTF-8"
+        ) from None
+    try:
+        return parse(text)
+    except syntax as problem:
+        raise error(f"{where} is not valid {form}: {describe(problem)}") from None
+    except (ValueError, RecursionError) as problem:
+        too_much = (
+            "nests too deeply" if isinstance(problem, RecursionError) else "has a huge number"
+        )
+        raise error(f"{where} {too_much}; {limits}") from None

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lrsearch.errors import LrsearchError
+from lrsearch.errors import LrsearchError, read_document
 
 if TYPE_CHECKING:
     import torch
@@ -341,29 +341,16 @@ def make_schedule(family: Any, params: Mapping[str, Any]) -> Schedule:
 
 def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     """Read a schedule file written by ``Schedule.save`` or ``lrsearch best``."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ScheduleError(f"cannot read schedule file {str(path)!r}: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise ScheduleError(
-            f"schedule file {str(path)!r} is not UTF-8 text (byte "
-            f"{error.object[error.start]:#04x} at offset {error.start}); a schedule file is "
-            "JSON saved as UTF-8"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ScheduleError(
-            f"schedule file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}"
-        ) from None
-    except (ValueError, RecursionError) as error:
-        # Python's own limits: an integer of more than 4300 digits, arrays nested too deep.
-        problem = "nests too deeply" if isinstance(error, RecursionError) else "has a huge number"
-        raise ScheduleError(
-            f"schedule file {str(path)!r} {problem}; a schedule is one JSON object of "
-            "finite numbers"
-        ) from None
+    data = read_document(
+        path,
+        "schedule",
+        "JSON",
+        json.loads,
+        json.JSONDecodeError,
+        lambda problem: f"{problem.msg} at line {problem.lineno}",
+        "a schedule is one JSON object of finite numbers",
+        error=ScheduleError,
+    )
     try:
         return Schedule.from_dict(data)
     except ScheduleError as error:
