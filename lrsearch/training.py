@@ -72,7 +72,6 @@ class EpochMetrics:
     epoch: int  # 1-based
     val_accuracy: tuple[float, ...]
     val_loss: tuple[float, ...]
-    train_loss: tuple[float, ...]  # mean over the epoch's steps
     training: tuple[bool, ...]  # still training: neither stopped nor diverged
 
 
@@ -371,7 +370,6 @@ class _Track:
             epoch=max(self.epochs),
             val_accuracy=tuple(float(a) for a in self.val_correct.mean(axis=1)),
             val_loss=tuple(float(v) for v in self.last_val_loss),
-            train_loss=tuple(losses[-1] if losses else math.nan for losses in self.train_loss),
             training=tuple(self.training(k) for k in range(self.count)),
         )
 
