@@ -2,10 +2,11 @@
 
 The parent validates everything, opens the study and queues the baselines, then splits
 this run's trials between spawned workers; each worker loads the task once on its device
-and runs its share with ``study.optimize``, so the run adds exactly ``n_trials`` trials.
-A worker killed by a signal has its RUNNING trial failed and retried, and a replacement
-runs what it had left. Ctrl-C stops every worker inside Optuna's own handling, which marks
-the interrupted trials FAIL, so the next run resumes. Other machines join by running the
+and runs its share a population at a time (``lrsearch.runner.run_trials``), so the run
+adds exactly ``n_trials`` trials. A worker killed by a signal has its RUNNING trials failed
+and retried, and a replacement runs what it had left. Ctrl-C asks every worker to stop at
+its next epoch boundary, where its trials are marked FAIL, so the next run resumes; a
+worker whose parent dies exits at once. Other machines join by running the
 same command against the same server storage (see README, "Many workers and machines").
 """
 
