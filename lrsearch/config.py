@@ -38,7 +38,6 @@ __all__ = [
 
 SamplerName = Literal["tpe", "tpe-independent", "random"]
 PrunerName = Literal["none", "median", "percentile", "hyperband"]
-ObjectiveName = Literal["val_accuracy", "val_loss"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 
 # numpy's generators, and so Optuna's samplers, take seeds in [0, 2**32 - 1] only.
@@ -135,8 +134,9 @@ class StudyConfig:
     # Each trial trains its schedule with this many initialisation seeds in one population and
     # is scored by their mean; every trial of a study uses the same seeds (README: "Seeds").
     seeds: int = 1
-    # Maximized validation accuracy, or minimized validation loss (README: "The objective").
-    objective: ObjectiveName = "val_accuracy"
+    # ``val_`` and a metric of the task: accuracy, token_accuracy, loss, perplexity, mse or the
+    # task's own; maximized or minimized as the metric says (README: "The objective").
+    objective: str = "val_accuracy"
     storage: str | None = None  # any Optuna storage URL; None: a SQLite file per study
     sampler: SamplerName = "tpe"
     pruner: PrunerName = "none"
@@ -160,6 +160,11 @@ class StudyConfig:
                 f"timeout={self.timeout} is not allowed; it must be a finite number > 0 seconds"
             )
         _check_seed("seed", self.seed)
+        if not (self.objective.startswith("val_") and self.objective[4:].isidentifier()):
+            raise LrsearchError(
+                f"objective={self.objective!r} is not allowed; it is val_ and a metric of the "
+                "task, e.g. val_accuracy, val_loss, val_token_accuracy, val_perplexity, val_mse"
+            )
 
     def with_overrides(
         self,

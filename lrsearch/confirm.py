@@ -213,7 +213,7 @@ def confirm(
         for seed in range(config.seed, config.seed + seeds)
         if (trial.number, seed, epochs) not in done
     ]
-    size = population_size(training.population, task.train_labels.device)
+    size = population_size(training.population, task.device)
     for start in range(0, len(pending), size):
         runs = pending[start : start + size]
         for label, _trial, seed in runs:

@@ -25,6 +25,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
+import numpy as np
+import numpy.typing as npt
 import optuna
 import torch
 from tqdm import tqdm
@@ -34,7 +36,7 @@ from lrsearch.config import StudyConfig, default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
 from lrsearch.space import suggest_schedule
-from lrsearch.stats import mean_se, pack_correct
+from lrsearch.stats import mean_se, pack_correct, pack_figures
 from lrsearch.storage import (
     STORAGE_ERRORS,
     fail_dead_trials,
@@ -44,6 +46,10 @@ from lrsearch.storage import (
     storage_failure,
 )
 from lrsearch.study import (
+    HIGHER_IS_BETTER_ATTR,
+    MAXIMIZE,
+    MINIMIZE,
+    OBJECTIVES,
     best_trial,
     dashboard_command,
     default_artifact_dir,
@@ -52,7 +58,7 @@ from lrsearch.study import (
     quiet_optuna,
     training_seeds,
 )
-from lrsearch.tasks import Task, load_task
+from lrsearch.tasks import Metric, Task, load_task
 from lrsearch.thumbnail import attach_lr_curve
 from lrsearch.training import (
     EpochMetrics,
@@ -73,6 +79,7 @@ __all__ = [
     "StudyReport",
     "TrialError",
     "load_study_task",
+    "objective_metric",
     "run_study",
     "run_trials",
     "start_run",
@@ -137,30 +144,34 @@ class StudyReport:
             rows.append(("best", "no trial has completed yet"))
         else:
             attrs = self.best.user_attrs
+            metric = objective_of(self.best).removeprefix("val_")
+            label = metric.replace("_", " ")
             rows += [
                 ("best trial", str(self.best.number)),
                 ("schedule", Schedule.from_dict(attrs["schedule"]).describe()),
-                ("val accuracy", _with_se(attrs, "val")),
-                ("test accuracy", _with_se(attrs, "test")),
+                (f"val {label}", _with_se(attrs, f"val_{metric}") + " (the objective)"),
+                (f"test {label}", _with_se(attrs, f"test_{metric}")),
             ]
-            if attrs.get("objective") == "val_loss":
-                rows.append(("val loss", f"{attrs['val_loss']:.4f} (the objective)"))
+            if metric != "accuracy" and attrs.get("val_accuracy") is not None:
+                rows.append(("val accuracy", _with_se(attrs, "val_accuracy")))
         rows += verdict_rows(self.trials)
         rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)
         return [f"{key:<{width}}  {value}" for key, value in rows]
 
 
-def _with_se(attrs: dict[str, Any], split: str) -> str:
-    """``0.9756 ± 0.0091 (287 examples x 1 seed)``, or the bare accuracy of an older trial."""
-    accuracy, se = attrs.get(f"{split}_accuracy"), attrs.get(f"{split}_accuracy_se")
-    if accuracy is None:
+def _with_se(attrs: dict[str, Any], name: str) -> str:
+    """``0.9756 ± 0.0091 (287 examples x 1 seed)`` for ``name`` (``val_accuracy``), or the
+    bare figure of an older trial."""
+    value, se = attrs.get(name), attrs.get(f"{name}_se")
+    if value is None:
         return "-"
     if se is None:
-        return f"{accuracy:.4f}"
+        return f"{value:.4f}"
     seeds = len(attrs.get("seeds", [0]))
+    split = name.split("_", 1)[0]
     return (
-        f"{accuracy:.4f} ± {se:.4f} s.e. ({attrs.get(f'{split}_examples')} examples x "
+        f"{value:.4f} ± {se:.4f} s.e. ({attrs.get(f'{split}_examples')} examples x "
         f"{seeds} seed{'s' * (seeds > 1)})"
     )
 
@@ -273,7 +284,19 @@ def load_study_task(config: StudyConfig) -> Task:
         download=config.task.download,
     )
     steps_per_epoch(task, config.training)
+    objective_metric(config, task)
     return task
+
+
+def objective_metric(config: StudyConfig, task: Task) -> Metric:
+    """The task's metric that ``[study] objective`` names; one that it lacks fails here."""
+    metric = task.metrics.get(config.objective.removeprefix("val_"))
+    if metric is None:
+        raise LrsearchError(
+            f"objective {config.objective!r} is not a metric of task {task.name!r}; it "
+            f"reports {', '.join(f'val_{name}' for name in task.metrics)}"
+        )
+    return metric
 
 
 def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Run:
@@ -281,7 +304,11 @@ def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Ru
     the baselines (once per study, on top of the searched trials)."""
     storage = config.storage or default_storage(config.name)
     quiet_optuna()
-    study = open_study(config, storage)
+    direction = None
+    if config.objective not in OBJECTIVES:  # a task's own metric: the task says which way
+        higher = objective_metric(config, load_study_task(config)).higher_is_better
+        direction = MAXIMIZE if higher else MINIMIZE
+    study = open_study(config, storage, direction=direction)
     artifact_dir = artifact_dir or default_artifact_dir(storage, config.name)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     print(f"study {config.name!r} in {redact(storage)}", file=out)
@@ -296,12 +323,10 @@ def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Ru
             + ("none yet" if best is None else f"{best.value:.4f} (trial {best.number})"),
             file=out,
         )
-    # --- issue 17: lr = "auto" runs the range test once per study, before the first trial.
-    if config.space.auto_lr:
+    if config.space.auto_lr:  # the range test, once per study, before the first trial
         from lrsearch.lr_find import auto_lr_range
 
         auto_lr_range(study, config, load_study_task(config), out)
-    # --- end issue 17
     queued = enqueue_baselines(study, config.space, out) if config.baselines else []
     if queued:
         print(f"baselines first: {', '.join(queued)}", file=out)
@@ -322,7 +347,20 @@ def run_study(
         run_trials(run, config, task, stop=stop, progress=progress)
     if stop.is_set():
         raise KeyboardInterrupt
-    return run.report()
+    report = run.report()
+    _fail_if_all_failed(report.trials[run.before :])
+    return report
+
+
+def _fail_if_all_failed(trials: Sequence[optuna.trial.FrozenTrial]) -> None:
+    """A run whose every trial failed found nothing: it ends as an error naming the first
+    cause, not as a success with an empty summary."""
+    if trials and all(t.state == optuna.trial.TrialState.FAIL for t in trials):
+        first = trials[0]
+        raise LrsearchError(
+            f"every trial of this run failed; the first, trial {first.number}: "
+            f"{first.user_attrs.get('error', 'no reason recorded')}"
+        )
 
 
 def run_trials(
@@ -338,7 +376,7 @@ def run_trials(
     A storage that fails mid-run ends the run with one line; the trials it left RUNNING
     belong to this process, so the next run fails and re-queues them."""
     artifacts = optuna.artifacts.FileSystemArtifactStore(run.artifact_dir)
-    size = population_size(config.training.population, task.train_labels.device)
+    size = population_size(config.training.population, task.device)
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     done = 0
     try:
@@ -373,8 +411,9 @@ def _run_population(
     """Sample each trial's schedule, train them all with every seed, record and tell each."""
     training = config.training
     per_epoch = steps_per_epoch(task, training)
-    device = task.train_labels.device
+    device = task.device
     schedules = [suggest_schedule(trial, config.space) for trial in trials]
+    metric = objective_metric(config, task)
     for trial, schedule in zip(trials, schedules, strict=True):
         for key, value in {
             "schedule": schedule.to_dict(),
@@ -390,13 +429,13 @@ def _run_population(
             "precision": "bf16" if uses_bf16(training.bf16, device) else "fp32",
             "seeds": seeds,
             "objective": config.objective,
+            HIGHER_IS_BETTER_ATTR: metric.higher_is_better,
             "population": len(trials),
             "split_seed": config.task.split_seed,
         }.items():
             trial.set_user_attr(key, value)
         attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
     width = len(seeds)
-    minimize = config.objective == "val_loss"
     stopped: set[int] = set()  # trials pruned or with a diverged seed
 
     def on_epoch(metrics: EpochMetrics) -> list[int]:
@@ -411,8 +450,7 @@ def _run_population(
                 stopped.add(index)
                 members += mine
                 continue
-            figures = metrics.val_loss if minimize else metrics.val_accuracy
-            value = statistics.mean(figures[k] for k in mine)
+            value = statistics.mean(metrics.val[metric.name][k] for k in mine)
             trial.report(value, metrics.epoch)
             if trial.should_prune():
                 trial.set_user_attr("pruned_epoch", metrics.epoch)
@@ -445,7 +483,7 @@ def _run_population(
     for index, trial in enumerate(trials):
         mine = result.members[index * width : (index + 1) * width]
         seconds = result.seconds / len(trials)
-        state, value = _record(trial, mine, task, seconds, result.path, config.objective)
+        state, value = _record(trial, mine, task, seconds, result.path, metric)
         finished.append(trial.study.tell(trial, value, state=state))
     return finished
 
@@ -456,40 +494,42 @@ def _record(
     task: Task,
     seconds: float,
     path: str,
-    objective: str,
+    objective: Metric,
 ) -> tuple[optuna.trial.TrialState, float | None]:
-    """Write one trial's results over its seeds; return the state and value to tell."""
-    val = [run.val_accuracy for run in runs]
-    test = [run.test_accuracy for run in runs]
-    val_examples, test_examples = len(task.val_labels), len(task.test_labels)
+    """Write one trial's results over its seeds; return the state and value to tell.
+
+    Every metric of the task gets its mean, standard error and per-seed values on val and
+    test (``val_accuracy``, ``test_loss_se``, ...); the objective's per-example figures are kept
+    so that verdicts pair: correctness as bits (``val_correct``), other figures as floats."""
+    examples = {"val": len(task.val_labels), "test": len(task.test_labels)}
     diverged = next((run for run in runs if run.diverged_step is not None), None)
     epochs = min(len(run.epoch_val_loss) for run in runs)
     attrs: dict[str, Any] = {
         "train_seconds": seconds,  # this trial's share of its population's training time
         "population_path": path,
-        "val_accuracy": statistics.mean(val),
-        "val_accuracy_se": mean_se(val, val_examples),
-        "test_accuracy": None if any(math.isnan(t) for t in test) else statistics.mean(test),
-        "test_accuracy_se": None
-        if any(math.isnan(t) for t in test)
-        else mean_se(test, test_examples),
-        "val_accuracy_per_seed": val,
-        "test_accuracy_per_seed": [None if math.isnan(t) else t for t in test],
-        "val_examples": val_examples,
-        "test_examples": test_examples,
-        "val_correct": [pack_correct(run.val_correct) for run in runs],
-        "val_loss": _finite_mean([run.val_loss for run in runs]),
-        "epoch_val_accuracy": [
-            statistics.mean(r.epoch_val_accuracy[e] for r in runs) for e in range(epochs)
-        ],
-        "epoch_val_loss": [
-            _finite_mean([r.epoch_val_loss[e] for r in runs]) for e in range(epochs)
-        ],
-        "epoch_train_loss": [
-            _finite_mean([r.epoch_train_loss[e] for r in runs]) for e in range(epochs)
-        ],
-        "diverged": diverged is not None,
+        "val_examples": examples["val"],
+        "test_examples": examples["test"],
     }
+    for name, metric in task.metrics.items():
+        for split in ("val", "test"):
+            per_seed = [getattr(run, split)[name] for run in runs]
+            figures = [getattr(run, f"{split}_figures")[name] for run in runs]
+            attrs[f"{split}_{name}"] = _finite_mean(per_seed)
+            attrs[f"{split}_{name}_se"] = _se(metric, per_seed, figures, examples[split])
+            attrs[f"{split}_{name}_per_seed"] = [v if math.isfinite(v) else None for v in per_seed]
+        attrs[f"epoch_val_{name}"] = [
+            _finite_mean([r.epoch_val[name][e] for r in runs]) for e in range(epochs)
+        ]
+    if objective.name == "accuracy":
+        attrs["val_correct"] = [pack_correct(run.val_correct) for run in runs]
+    elif objective.of_mean is None:  # a mean of per-example figures pairs example by example
+        attrs[f"val_{objective.name}_figures"] = [
+            pack_figures(run.val_figures[objective.name]) for run in runs
+        ]
+    attrs["epoch_train_loss"] = [
+        _finite_mean([r.epoch_train_loss[e] for r in runs]) for e in range(epochs)
+    ]
+    attrs["diverged"] = diverged is not None
     if diverged is not None:
         attrs["diverged_step"] = diverged.diverged_step
         attrs["diverged_reason"] = diverged.diverged_reason
@@ -497,9 +537,28 @@ def _record(
         trial.set_user_attr(key, value)
     if diverged is not None or any(run.stopped_epoch is not None for run in runs):
         return optuna.trial.TrialState.PRUNED, None
-    if attrs[objective] is None:  # a loss that is not finite, short of divergence
+    value = attrs[f"val_{objective.name}"]
+    if value is None:  # a figure that is not finite, short of divergence
         return optuna.trial.TrialState.FAIL, None
-    return optuna.trial.TrialState.COMPLETE, attrs[objective]
+    return optuna.trial.TrialState.COMPLETE, value
+
+
+def _se(
+    metric: Metric, per_seed: list[float], figures: list[npt.NDArray[np.float64]], examples: int
+) -> float | None:
+    """The standard error of a metric's mean over seeds; in the metric's own units when it is
+    a function of a mean (perplexity), through its slope there."""
+    if not all(math.isfinite(v) for v in per_seed):
+        return None
+    example_means = np.mean(figures, axis=0)
+    binary = metric.name == "accuracy"
+    spread = None if binary else float(example_means.std(ddof=1)) if examples > 1 else 0.0
+    raw = [float(np.mean(f)) for f in figures]
+    se = mean_se(raw, examples, spread)
+    if metric.of_mean is not None:
+        centre = statistics.mean(raw)
+        se = abs(metric.value(centre + se) - metric.value(centre - se)) / 2
+    return se if math.isfinite(se) else None
 
 
 def _finite_mean(values: Sequence[float]) -> float | None:

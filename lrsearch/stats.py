@@ -1,14 +1,15 @@
 """The noise in a verdict: standard errors and paired comparisons of trials.
 
-A trial's validation accuracy is a mean over a finite set of examples (and of
-seeds, where it trains several), so every accuracy carries a standard error.
-Two trials scored on the same examples are compared example by example,
-which is far sharper than comparing two accuracies.
+A trial's validation figure (accuracy, loss, any metric of its task) is a mean over a finite
+set of examples (and of seeds, where it trains several), so every one carries a standard
+error. Two trials scored on the same examples are compared example by example, which is far
+sharper than comparing two means: per-example correctness pairs, and so do per-example losses.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -30,9 +31,12 @@ __all__ = [
     "mcnemar_p",
     "mean_se",
     "pack_correct",
+    "pack_figures",
     "paired_bootstrap",
+    "paired_normal",
     "t95",
     "unpack_correct",
+    "unpack_figures",
     "unpaired",
 ]
 
@@ -57,6 +61,21 @@ def unpack_correct(text: str, examples: int) -> npt.NDArray[np.bool_]:
     return np.unpackbits(bits, count=examples, bitorder="little").astype(bool)
 
 
+def pack_figures(figures: npt.ArrayLike) -> str:
+    """Per-example real figures (losses) as base64 float32: 4 bytes an example, so that two
+    trials' losses pair as their correctness does."""
+    values = np.asarray(figures, dtype="<f4")
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def unpack_figures(text: str, examples: int) -> npt.NDArray[np.float64]:
+    """The inverse of :func:`pack_figures` for ``examples`` examples."""
+    values = np.frombuffer(base64.b64decode(text), dtype="<f4")
+    if len(values) != examples:
+        raise ValueError(f"{len(values)} figures recorded for {examples} examples")
+    return values.astype(np.float64)
+
+
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 # Student's t quantiles for a two-sided 95% interval by degrees of freedom; between the
 # rows, the next smaller degrees of freedom (a slightly wider, safe interval).
@@ -77,23 +96,27 @@ def t95(degrees: int) -> float:
 
 @dataclass(frozen=True, eq=False)
 class Scores:
-    """One trial's validation results, as far as a comparison needs them.
+    """One trial's results on one metric, as far as a comparison needs them.
 
-    ``correct`` holds one row of per-example correctness per seed (the examples
-    in the order every trial of a study shares); old trials have none, and may
-    not know their example count either (``examples`` 0, ``se`` NaN).
+    ``figures`` holds one row of per-example figures per seed (the examples in the order
+    every trial of a study shares): correctness as booleans, or real values such as losses;
+    old trials have none, and may not know their example count either (``examples`` 0, ``se``
+    NaN).
     """
 
-    accuracy: float  # mean over seeds
+    value: float  # mean over seeds
     per_seed: tuple[float, ...]
     examples: int
     se: float
-    correct: npt.NDArray[np.bool_] | None = None  # seeds x examples
+    figures: npt.NDArray[np.bool_] | npt.NDArray[np.float64] | None = None  # seeds x examples
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The accuracy of one trial minus another's, with its 95% interval (fractions)."""
+    """One trial's figure minus another's, with its 95% interval (in the metric's units;
+    fractions for an accuracy)."""
 
     difference: float
     low: float
@@ -102,14 +125,17 @@ class Comparison:
     seeds: int
     method: str
     p_value: float | None = None  # McNemar's exact test, where it applies
+    higher_is_better: bool = True
 
     @property
     def verdict(self) -> str:
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             return UNKNOWN
         if self.low > 0:
-            return AHEAD
-        return BEHIND if self.high < 0 else WITHIN_NOISE
+            return AHEAD if self.higher_is_better else BEHIND
+        if self.high < 0:
+            return BEHIND if self.higher_is_better else AHEAD
+        return WITHIN_NOISE
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -164,32 +190,66 @@ def paired_bootstrap(
     )
 
 
+def paired_normal(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> Comparison:
+    """Mean of ``a`` minus ``b`` on the same examples (seeds x examples, rows paired), for
+    real figures such as losses: the per-example differences, averaged over the seeds, have
+    a mean whose 95% interval is the normal one (thousands of examples; the bootstrap of
+    :func:`paired_bootstrap` relies on there being few distinct values)."""
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    if a.shape != b.shape or a.shape[1] == 0:
+        raise ValueError(f"paired figures need equal, non-empty shapes, got {a.shape}, {b.shape}")
+    seeds, examples = a.shape
+    per_example = (a - b).mean(axis=0)
+    difference = float(per_example.mean())
+    spread = float(per_example.std(ddof=1)) if examples > 1 else math.nan
+    half = Z95 * spread / math.sqrt(examples)
+    return Comparison(
+        difference=difference,
+        low=difference - half,
+        high=difference + half,
+        examples=examples,
+        seeds=seeds,
+        method="paired over examples (normal interval)"
+        + (f", averaged over {seeds} paired seeds" if seeds > 1 else ""),
+    )
+
+
+def _paired(a: Scores, b: Scores) -> Comparison | None:
+    """The paired comparison over examples, when both recorded the same examples' figures."""
+    if a.figures is None or b.figures is None or a.figures.shape != b.figures.shape:
+        return None
+    if a.figures.dtype == np.bool_ and b.figures.dtype == np.bool_:
+        comparison = paired_bootstrap(a.figures, b.figures)
+    else:
+        comparison = paired_normal(a.figures.astype(np.float64), b.figures.astype(np.float64))
+    return dataclasses.replace(comparison, higher_is_better=a.higher_is_better)
+
+
 def unpaired(a: Scores, b: Scores) -> Comparison:
-    """The fallback without per-example correctness: the two standard errors combined."""
+    """The fallback without per-example figures: the two standard errors combined."""
     half = Z95 * math.hypot(_se(a), _se(b))
-    difference = a.accuracy - b.accuracy
+    difference = a.value - b.value
     return Comparison(
         difference=difference,
         low=difference - half,
         high=difference + half,
         examples=min(a.examples, b.examples),
         seeds=min(len(a.per_seed), len(b.per_seed)),
-        method="unpaired, from the two standard errors (no per-example correctness recorded)",
+        method="unpaired, from the two standard errors (no per-example figures recorded)",
+        higher_is_better=a.higher_is_better,
     )
 
 
 def compare(a: Scores, b: Scores) -> Comparison:
     """``a`` minus ``b``: paired over examples when both recorded them, else unpaired."""
-    if a.correct is not None and b.correct is not None and a.correct.shape == b.correct.shape:
-        return paired_bootstrap(a.correct, b.correct)
-    return unpaired(a, b)
+    return _paired(a, b) or unpaired(a, b)
 
 
 def compare_across_seeds(a: Scores, b: Scores) -> Comparison:
     """``a`` minus ``b`` for runs with the same seeds (confirm): paired seed by seed.
 
     The per-seed differences give a t interval with S-1 degrees of freedom (the
-    training noise on these examples); the example bootstrap gives the noise of
+    training noise on these examples); the example comparison gives the noise of
     the examples themselves. They are independent sources, so where both exist
     the half-widths add in quadrature.
     """
@@ -201,25 +261,36 @@ def compare_across_seeds(a: Scores, b: Scores) -> Comparison:
     t_half = t95(seeds - 1) * float(differences.std(ddof=1)) / math.sqrt(seeds)
     method = f"paired across {seeds} seeds (t, {seeds - 1} df)"
     half, examples = t_half, min(a.examples, b.examples)
-    if a.correct is not None and b.correct is not None and a.correct.shape == b.correct.shape:
-        bootstrap = paired_bootstrap(a.correct, b.correct)
-        half = math.hypot(t_half, (bootstrap.high - bootstrap.low) / 2)
-        method += " and examples (bootstrap), combined"
-    return Comparison(difference, difference - half, difference + half, examples, seeds, method)
+    paired = _paired(a, b)
+    if paired is not None:
+        half = math.hypot(t_half, (paired.high - paired.low) / 2)
+        kind = "bootstrap" if paired.method.startswith("paired bootstrap") else "normal"
+        method += f" and examples ({kind}), combined"
+    return Comparison(
+        difference,
+        difference - half,
+        difference + half,
+        examples,
+        seeds,
+        method,
+        higher_is_better=a.higher_is_better,
+    )
 
 
 def _se(scores: Scores) -> float:
-    return scores.se if math.isfinite(scores.se) else binomial_se(scores.accuracy, scores.examples)
+    return scores.se if math.isfinite(scores.se) else binomial_se(scores.value, scores.examples)
 
 
-def mean_se(per_seed: Sequence[float], examples: int) -> float:
-    """Standard error of a mean accuracy over seeds that share one set of ``examples``.
+def mean_se(per_seed: Sequence[float], examples: int, spread: float | None = None) -> float:
+    """Standard error of a mean over seeds that share one set of ``examples``.
 
     Two parts: the spread between seeds, which averaging over seeds shrinks, and the sampling
-    of the examples, which it does not (every seed meets the same examples)."""
+    of the examples, which it does not (every seed meets the same examples): binomial for an
+    accuracy, else from ``spread``, the standard deviation of the per-example figures."""
     values = [v for v in per_seed if math.isfinite(v)]
     if not values:
         return math.nan
     mean = sum(values) / len(values)
     between = statistics.variance(values) / len(values) if len(values) > 1 else 0.0
-    return math.sqrt(between + binomial_se(mean, examples) ** 2)
+    sampling = binomial_se(mean, examples) if spread is None else spread / math.sqrt(examples)
+    return math.sqrt(between + sampling**2)

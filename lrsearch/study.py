@@ -29,6 +29,7 @@ __all__ = [
     "check_definition",
     "dashboard_command",
     "default_artifact_dir",
+    "higher_is_better",
     "make_pruner",
     "make_sampler",
     "objective_of",
@@ -40,8 +41,16 @@ __all__ = [
 ]
 
 MAXIMIZE, MINIMIZE = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
-# What a study may optimize (``[study] objective``), and which way.
-OBJECTIVES = {"val_accuracy": MAXIMIZE, "val_loss": MINIMIZE}
+# The builtin metrics a study may optimize (``[study] objective``), and which way; a task's
+# own metric (lrsearch.tasks.Metric) says its way itself, and each trial records it.
+OBJECTIVES = {
+    "val_accuracy": MAXIMIZE,
+    "val_token_accuracy": MAXIMIZE,
+    "val_loss": MINIMIZE,
+    "val_perplexity": MINIMIZE,
+    "val_mse": MINIMIZE,
+}
+HIGHER_IS_BETTER_ATTR = "higher_is_better"  # on each trial: its objective's way
 # The study's task, training and space, set when it is created; a run that differs is refused.
 DEFINITION_ATTR = "definition"
 # Settings added to the definition after studies existed, with the value those studies had.
@@ -88,32 +97,53 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    config: StudyConfig, storage: str, *, worker: int = 0, any_epochs: bool = False
+    config: StudyConfig,
+    storage: str,
+    *,
+    worker: int = 0,
+    any_epochs: bool = False,
+    direction: optuna.study.StudyDirection | None = None,
 ) -> optuna.Study:
     """Create the study or load it to add trials; storage problems become one-line errors.
 
     The sampler's seed comes from the study's seed, its number of trials so far and the
     ``worker``: a resumed run, or a second worker, would otherwise propose the same points
-    again. ``any_epochs`` as for :func:`check_definition`."""
+    again. ``any_epochs`` as for :func:`check_definition`. ``direction`` is the objective's
+    way when it is a task's own metric (known from the task only); a builtin's is known, and
+    an existing study keeps its own."""
     # group=True and set_metric_names are marked experimental; they are chosen deliberately.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    direction = direction or OBJECTIVES.get(config.objective)
+    try:
+        if direction is None:  # a task's own metric, and no task at hand: the study says
+            direction = optuna.load_study(
+                study_name=config.name, storage=rdb_storage(storage)
+            ).direction
+    except KeyError:
+        raise LrsearchError(
+            f"objective {config.objective!r} is not a builtin metric "
+            f"({', '.join(OBJECTIVES)}) and study {config.name!r} does not exist yet; "
+            "create it with lrsearch run, which learns the metric's direction from the task"
+        ) from None
+    except STORAGE_ERRORS as error:
+        raise storage_error(storage, error) from None
     try:
         study = optuna.create_study(
             study_name=config.name,
             storage=rdb_storage(storage),
             sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trials are known
             pruner=make_pruner(config.pruner, config.training.epochs),
-            direction=OBJECTIVES[config.objective],
+            direction=direction,
             load_if_exists=True,
         )
     except STORAGE_ERRORS as error:
         raise storage_error(storage, error) from None
-    if study.direction != OBJECTIVES[config.objective]:
+    if study.direction != direction:
         raise LrsearchError(
             f"study {config.name!r} in {redact(storage)} exists and does not "
-            f"{'maximize' if OBJECTIVES[config.objective] is MAXIMIZE else 'minimize'} "
+            f"{'maximize' if direction is MAXIMIZE else 'minimize'} "
             f"{config.objective}; use its own objective, or pass a new --study-name"
         )
     if not check_definition(study, config, storage, any_epochs=any_epochs):
@@ -230,12 +260,20 @@ def objective_of(trial: optuna.trial.FrozenTrial) -> str:
     return str(trial.user_attrs.get("objective", "val_accuracy"))
 
 
+def higher_is_better(trial: optuna.trial.FrozenTrial) -> bool:
+    """The way of the trial's objective: a builtin's, else as the trial recorded it."""
+    known = OBJECTIVES.get(objective_of(trial))
+    if known is not None:
+        return known is MAXIMIZE
+    return bool(trial.user_attrs.get(HIGHER_IS_BETTER_ATTR, True))
+
+
 def score(trial: optuna.trial.FrozenTrial) -> float:
     """The trial's value with higher better, whatever its study's direction."""
     value = float(trial.value if trial.value is not None else math.nan)
     if not math.isfinite(value):
         return -math.inf
-    return -value if OBJECTIVES[objective_of(trial)] is MINIMIZE else value
+    return value if higher_is_better(trial) else -value
 
 
 def best_trial(

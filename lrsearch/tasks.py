@@ -1,118 +1,405 @@
-"""Data sets and the models trained on them.
+"""The task protocol: what lrsearch trains on, and how it scores what it trained.
 
-A task is loaded once per process and kept on the device as it came from disk (uint8 stays
-uint8), so that many short trials can share it without reloading or a 4x larger float copy.
+A task gives its data (tensors in memory, or a stream of batches with a step budget), its
+loss, its metrics with their direction, an optional on-device batch transform, an optional
+validation split of its own, and the models it offers. ``TaskSource`` is what a task builder
+returns and is validated once, on construction and against its models before any trial, so
+that a wrong shape is one line naming the task rather than a failure inside every trial.
+
+Inputs may be of any shape and dtype (token ids ``[N, T]``, signals ``[N, C, L]``, tables
+``[N, F]``, images ``[N, C, H, W]``); targets are a class per example, a class per position
+(with an ignore index), or real values. Nothing is done to the inputs that the task did not
+ask for: standardisation is its choice, and images (4-D inputs) keep being standardised per
+channel by default, as every study before this protocol was.
+
+A task is loaded once per process and kept on the device as it came (uint8 stays uint8),
+so that many short trials can share it without reloading or a 4x larger float copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
+import itertools
+import math
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 from lrsearch.errors import LrsearchError
 
+__all__ = [
+    "BUILTIN_METRICS",
+    "BUILTIN_TASKS",
+    "Metric",
+    "Task",
+    "TaskSource",
+    "lenet",
+    "load_source",
+    "load_task",
+    "prepare_task",
+    "small_cnn",
+    "small_resnet",
+]
+
 ModelFactory = Callable[[], nn.Module]
+# (outputs [B, ...], targets [B, ...]) -> one figure per example [B]; every loss and metric
+# is a mean over examples of such figures, which is what makes two trials' results pair.
+PerExample = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (inputs [B, ...] on the device, generator) -> inputs of the same batch size.
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 # Images per chunk when computing channel statistics, to bound the float64 working copy.
 _STATS_CHUNK = 4096
+LOSSES = ("cross_entropy", "mse")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure a task reports: the mean over examples of ``per_example`` (then ``of_mean``).
+
+    The per-example figures are what a verdict pairs between two trials; ``of_mean`` maps
+    their mean to the reported value where that is not the mean itself (perplexity is the
+    exponential of the mean loss), so it must be monotone increasing."""
+
+    name: str
+    per_example: PerExample
+    higher_is_better: bool
+    of_mean: Callable[[float], float] | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
+            raise LrsearchError(f"a metric's name must be an identifier, got {self.name!r}")
+        if not callable(self.per_example):
+            raise LrsearchError(f"metric {self.name!r}: per_example must be a function")
+
+    def value(self, mean: float) -> float:
+        return self.of_mean(mean) if self.of_mean is not None else mean
+
+
+def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.argmax(dim=-1) == targets).float()
+
+
+def _token_correct(ignore_index: int) -> PerExample:
+    def token_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        kept = targets != ignore_index
+        right = (outputs.argmax(dim=-1) == targets) & kept
+        return right.flatten(1).sum(1) / kept.flatten(1).sum(1).clamp_min(1)
+
+    return token_accuracy
+
+
+def _cross_entropy(ignore_index: int) -> PerExample:
+    """Per example; with a class per position, the mean over its positions not ignored."""
+
+    def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = F.cross_entropy(
+            outputs.float().flatten(0, -2),
+            targets.flatten(),
+            reduction="none",
+            ignore_index=ignore_index,
+        ).view(targets.shape)
+        if targets.dim() == 1:
+            return losses
+        kept = (targets != ignore_index).flatten(1).sum(1).clamp_min(1)
+        return losses.flatten(1).sum(1) / kept
+
+    return cross_entropy
+
+
+def _squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    errors = (outputs.float() - targets.float()).square()
+    return errors.flatten(1).mean(1) if errors.dim() > 1 else errors
+
+
+# The metrics a task may name; "loss" is every task's own loss, filled in per task.
+BUILTIN_METRICS = ("accuracy", "token_accuracy", "loss", "perplexity", "mse")
+
+
+def _builtin_metric(name: str, loss: PerExample, ignore_index: int) -> Metric:
+    if name == "accuracy":
+        return Metric("accuracy", _correct, higher_is_better=True)
+    if name == "token_accuracy":
+        return Metric("token_accuracy", _token_correct(ignore_index), higher_is_better=True)
+    if name == "loss":
+        return Metric("loss", loss, higher_is_better=False)
+    if name == "perplexity":
+        return Metric("perplexity", loss, higher_is_better=False, of_mean=_exp)
+    return Metric("mse", _squared_error, higher_is_better=False)
+
+
+def _exp(value: float) -> float:
+    return math.exp(value) if value < 700 else math.inf
 
 
 @dataclass(frozen=True, eq=False)
 class TaskSource:
-    """What a task builder returns: raw tensors on the CPU and the models it offers.
+    """What a task builder returns: its data on the CPU, how to score it, and its models.
 
     Validated on construction so that a user's own task fails with a readable message here
     rather than with a shape error deep inside training. ``eq=False`` because comparing
-    tensors field by field has no single truth value.
+    tensors field by field has no single truth value. The fields keep their first names
+    (``*_images``, ``*_labels``) so that tasks written for images keep working; they hold
+    inputs and targets of any kind.
     """
 
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
+    # Inputs [N, ...] and targets [N] (a class each, or a real value) or [N, ...] (a class per
+    # position, or real values); None for train when ``batches`` streams the training data.
+    train_images: torch.Tensor | None
+    train_labels: torch.Tensor | None
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    num_classes: int
+    num_classes: int | None  # None: real-valued targets
     models: Mapping[str, ModelFactory]
+    # "cross_entropy", "mse", or a function of (outputs, targets) returning per-example losses.
+    loss: str | PerExample = "cross_entropy"
+    # Names from BUILTIN_METRICS or Metric objects; "loss" is always reported. Empty: the
+    # loss's usual ones (accuracy for classes, token accuracy and perplexity per position).
+    metrics: Sequence[str | Metric] = ()
+    # A validation split of the task's own (text: held-out text, not neighbouring windows);
+    # None: carved from train with the study's split seed.
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    # Standardise inputs per channel (dim 1) with the training split's statistics; None:
+    # for 4-D float or uint8 inputs (images) only.
+    standardize: bool | None = None
+    # Applied to each training batch on the device, one draw per batch seen by every member.
+    transform: BatchTransform | None = None
+    # Streamed training data: an iterable of (inputs, targets) batches (a DataLoader, an
+    # IterableDataset), iterated again when it ends, and the steps to train for.
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    steps: int | None = None
+    ignore_index: int = -100  # targets per position with this value are not scored
 
     def __post_init__(self) -> None:
+        streamed = self.batches is not None
         for name in ("train_images", "train_labels", "test_images", "test_labels"):
             value = getattr(self, name)
-            if not isinstance(value, torch.Tensor):
+            if not isinstance(value, torch.Tensor) and not (streamed and name.startswith("train")):
                 raise LrsearchError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
-            raise LrsearchError(f"num_classes must be an int, got {self.num_classes!r}")
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+        ):
+            raise LrsearchError(f"num_classes must be an int or None, got {self.num_classes!r}")
         if not isinstance(self.models, Mapping) or not all(
             isinstance(name, str) and callable(factory) for name, factory in self.models.items()
         ):
             raise LrsearchError(
                 f"models must map names (str) to functions that build a model, got {self.models!r}"
             )
-        if self.num_classes < 2:
-            raise LrsearchError(f"num_classes must be at least 2, got {self.num_classes}")
-        _check_split("train", self.train_images, self.train_labels, self.num_classes)
-        _check_split("test", self.test_images, self.test_labels, self.num_classes)
-        train_layout = (self.train_images.dtype, tuple(self.train_images.shape[1:]))
-        test_layout = (self.test_images.dtype, tuple(self.test_images.shape[1:]))
-        if train_layout != test_layout:
-            raise LrsearchError(
-                "train and test images differ in dtype or [C, H, W]: "
-                f"{train_layout} vs {test_layout}"
-            )
         if not self.models:
             raise LrsearchError("a task must offer at least one model")
+        self._check_loss()
+        if streamed:
+            if self.steps is None or isinstance(self.steps, bool) or self.steps < 1:
+                raise LrsearchError(
+                    f"a task with batches needs steps, an int >= 1, got {self.steps!r}"
+                )
+            if self.val_images is None:
+                raise LrsearchError("a task with batches needs its own val_images and val_labels")
+        elif self.steps is not None:
+            raise LrsearchError("steps is the budget of streamed batches; give batches too")
+        if (self.val_images is None) != (self.val_labels is None):
+            raise LrsearchError("val_images and val_labels come together, or neither")
+        if self.transform is not None and not callable(self.transform):
+            raise LrsearchError(f"transform must be a function, got {self.transform!r}")
+        splits = [("test", self.test_images, self.test_labels)]
+        if self.train_images is not None and self.train_labels is not None:
+            splits.insert(0, ("train", self.train_images, self.train_labels))
+        if self.val_images is not None and self.val_labels is not None:
+            splits.append(("val", self.val_images, self.val_labels))
+        for split, inputs, targets in splits:
+            self.check_split(split, inputs, targets)
+        self.metric_table()  # names checked here, once
+
+    def _check_loss(self) -> None:
+        if callable(self.loss):
+            return
+        if self.loss not in LOSSES:
+            raise LrsearchError(
+                f"loss {self.loss!r} is not known; use {' or '.join(LOSSES)}, or a function "
+                "(outputs, targets) -> per-example losses"
+            )
+        if self.loss == "cross_entropy" and (self.num_classes is None or self.num_classes < 2):
+            raise LrsearchError(
+                f"num_classes must be at least 2 for loss 'cross_entropy', got {self.num_classes}"
+            )
+
+    @property
+    def per_position(self) -> bool:
+        """Classes per position (a language model's targets [N, T]) rather than per example."""
+        return self.loss == "cross_entropy" and self.test_labels.dim() > 1
+
+    def check_split(self, split: str, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One split's inputs and targets, or one streamed batch, against the test split's."""
+        if len(inputs) == 0 or inputs.dim() < 2:
+            raise LrsearchError(
+                f"{split}_images must be a non-empty [N, ...] tensor, got shape "
+                f"{tuple(inputs.shape)}"
+            )
+        reference = self.test_images
+        if (inputs.dtype, inputs.shape[1:]) != (reference.dtype, reference.shape[1:]):
+            raise LrsearchError(
+                f"{split}_images must match the test images, {reference.dtype} of "
+                f"[N, {_dims(reference)}]; got {inputs.dtype} of [N, {_dims(inputs)}]"
+            )
+        expected = self.test_labels
+        if targets.shape[:1] != inputs.shape[:1] or targets.shape[1:] != expected.shape[1:]:
+            raise LrsearchError(
+                f"{split}_labels must have shape {(len(inputs), *expected.shape[1:])} for "
+                f"{len(inputs)} inputs, got {tuple(targets.shape)}"
+            )
+        if self.loss == "cross_entropy":
+            self._check_classes(split, targets)
+        elif not callable(self.loss) and not targets.is_floating_point():
+            raise LrsearchError(
+                f"{split}_labels must be real values for loss 'mse', got {targets.dtype}"
+            )
+
+    def _check_classes(self, split: str, targets: torch.Tensor) -> None:
+        classes = self.num_classes or 0
+        if targets.dtype != torch.int64:
+            raise LrsearchError(f"{split}_labels must be int64 class numbers, got {targets.dtype}")
+        scored = targets[targets != self.ignore_index] if self.per_position else targets
+        if len(scored) == 0:
+            raise LrsearchError(f"{split}_labels has no target that is not ignore_index")
+        low, high = int(scored.min()), int(scored.max())
+        if low < 0 or high >= classes:
+            ignored = f" (or ignore_index {self.ignore_index})" if self.per_position else ""
+            raise LrsearchError(
+                f"{split}_labels must lie in [0, {classes - 1}]{ignored}, got values from "
+                f"{low} to {high}"
+            )
+
+    def loss_function(self) -> PerExample:
+        if callable(self.loss):
+            return self.loss
+        if self.loss == "mse":
+            return _squared_error
+        return _cross_entropy(self.ignore_index)
+
+    def metric_table(self) -> dict[str, Metric]:
+        """Every metric by name, "loss" first."""
+        names: Sequence[str | Metric] = self.metrics or _usual_metrics(self)
+        table = {"loss": _builtin_metric("loss", self.loss_function(), self.ignore_index)}
+        for metric in names:
+            if isinstance(metric, str):
+                if metric not in BUILTIN_METRICS:
+                    raise LrsearchError(
+                        f"metric {metric!r} is not known; use {', '.join(BUILTIN_METRICS)} "
+                        "or a lrsearch.tasks.Metric"
+                    )
+                metric = _builtin_metric(metric, self.loss_function(), self.ignore_index)
+            elif not isinstance(metric, Metric):
+                raise LrsearchError(
+                    f"metrics must be names or lrsearch.tasks.Metric, got {metric!r}"
+                )
+            table[metric.name] = metric
+        return table
 
 
-def _check_split(split: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
-    if images.dim() != 4 or len(images) == 0:
-        raise LrsearchError(
-            f"{split}_images must be a non-empty [N, C, H, W] tensor, got shape "
-            f"{tuple(images.shape)}"
-        )
-    if images.dtype not in (torch.uint8, torch.float32):
-        raise LrsearchError(f"{split}_images must be uint8 or float32, got {images.dtype}")
-    if labels.dtype != torch.int64 or labels.shape != (len(images),):
-        raise LrsearchError(
-            f"{split}_labels must be int64 of shape ({len(images)},), got {labels.dtype} of "
-            f"shape {tuple(labels.shape)}"
-        )
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
-        raise LrsearchError(
-            f"{split}_labels must lie in [0, {num_classes - 1}], got values from {low} to {high}"
-        )
+def _usual_metrics(source: TaskSource) -> tuple[str, ...]:
+    if source.loss == "cross_entropy":
+        return ("token_accuracy", "perplexity") if source.per_position else ("accuracy",)
+    return ("mse",) if source.loss == "mse" else ()
+
+
+def _dims(tensor: torch.Tensor) -> str:
+    return ", ".join(str(size) for size in tensor.shape[1:]) or "-"
 
 
 @dataclass(frozen=True, eq=False)
 class Task:
     """A task ready to train on: every split on the target device, loaded once per process.
 
-    Cached and shared between trials, so treat every tensor as read-only.
+    Cached and shared between trials, so treat every tensor as read-only. With streamed
+    training data ``train_images``/``train_labels`` are None and ``batches`` gives them.
     """
 
     name: str
     model_name: str
     build_model: ModelFactory
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
+    train_images: torch.Tensor | None
+    train_labels: torch.Tensor | None
     val_images: torch.Tensor
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    num_classes: int
+    mean: torch.Tensor | None  # standardisation, when the task asked for it
+    std: torch.Tensor | None
+    num_classes: int | None
+    loss: PerExample = _squared_error
+    metrics: Mapping[str, Metric] = field(default_factory=dict)
+    # The loss of a trivial guess (uniform classes, the targets' mean), for divergence.
+    loss_scale: float = math.inf
+    transform: BatchTransform | None = None
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    steps: int | None = None
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Standardize one batch; done per batch so the stored data set never becomes float."""
-        return (images.float() - self.mean) / self.std
+    @property
+    def device(self) -> torch.device:
+        return self.test_labels.device
+
+    def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Standardise one batch if the task asked for it; per batch so that the stored data
+        set never becomes float."""
+        if self.mean is None or self.std is None:
+            return inputs
+        return (inputs.float() - self.mean) / self.std
+
+    def prepare_batch(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """What the models see of a training batch: transformed (one draw), then standardised."""
+        if self.transform is not None:
+            inputs = self.transform(inputs, generator)
+        return self.normalize(inputs)
+
+    def stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The streamed batches on the device, passes one after another, each checked."""
+        assert self.batches is not None
+        batches = self.batches
+        reference = (self.val_images, self.val_labels)
+        for _ in itertools.count():
+            empty = True
+            for batch in batches:
+                empty = False
+                yield _checked_batch(self.name, batch, reference, self.device)
+            if empty:
+                raise LrsearchError(f"task {self.name!r}: its batches yielded no batch")
+
+
+def _checked_batch(
+    task: str,
+    batch: Any,
+    reference: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A streamed batch moved to the device, refused unless it is (inputs, targets) shaped
+    like the validation split's examples."""
+    if not (isinstance(batch, Sequence) and len(batch) == 2) or not all(
+        isinstance(part, torch.Tensor) for part in batch
+    ):
+        raise LrsearchError(
+            f"task {task!r}: a batch must be (inputs, targets) tensors, got {type(batch).__name__}"
+        )
+    inputs, targets = batch
+    wanted = [(tensor.dtype, tuple(tensor.shape[1:])) for tensor in reference]
+    got = [(tensor.dtype, tuple(tensor.shape[1:])) for tensor in (inputs, targets)]
+    if got != wanted or len(inputs) != len(targets) or len(inputs) == 0:
+        raise LrsearchError(
+            f"task {task!r}: a batch has inputs {inputs.dtype} {tuple(inputs.shape)} and targets "
+            f"{targets.dtype} {tuple(targets.shape)}; expected [B, ...] like the validation "
+            f"split's {wanted[0][0]} [N, {_dims(reference[0])}] and {wanted[1][0]} "
+            f"[N, {_dims(reference[1])}]"
+        )
+    return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
 def lenet() -> nn.Module:
@@ -220,11 +507,13 @@ def _from_cifar10(train: Any, test: Any) -> TaskSource:
     )
 
 
-# Builtin task name -> (torchvision data set class, conversion of its train and test splits).
-_BUILTINS: dict[str, tuple[Any, Callable[[Any, Any], TaskSource]]] = {
-    "fashion-mnist": (torchvision.datasets.FashionMNIST, _from_mnist_like),
-    "mnist": (torchvision.datasets.MNIST, _from_mnist_like),
-    "cifar10": (torchvision.datasets.CIFAR10, _from_cifar10),
+# Builtin task name -> (torchvision data set class name, conversion of its train and test
+# splits). torchvision is imported only to load one of these: a custom task does not pay for it
+# (it was about half of a short custom-task run's wall time).
+_BUILTINS: dict[str, tuple[str, Callable[[Any, Any], TaskSource]]] = {
+    "fashion-mnist": ("FashionMNIST", _from_mnist_like),
+    "mnist": ("MNIST", _from_mnist_like),
+    "cifar10": ("CIFAR10", _from_cifar10),
 }
 
 BUILTIN_TASKS: tuple[str, ...] = tuple(_BUILTINS)
@@ -330,7 +619,10 @@ def _raised(error: Exception) -> str:
 def load_source(task: str, data_dir: Path, download: bool = True) -> TaskSource:
     """Build a task's raw tensors from a builtin name or a user's ``module:function``."""
     if task in _BUILTINS:
-        dataset_class, convert = _BUILTINS[task]
+        import torchvision
+
+        class_name, convert = _BUILTINS[task]
+        dataset_class = getattr(torchvision.datasets, class_name)
         train, test = (
             _open_dataset(task, dataset_class, data_dir, train=split, download=download)
             for split in (True, False)
@@ -359,50 +651,128 @@ def _val_count(val_size: int | float, n: int) -> int:
     return count
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std per channel in float64, chunked so no float copy of the set is made."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
+def _channel_stats(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std per channel (dim 1) in float64, chunked so no float copy of the set is
+    made; shaped to broadcast against a batch."""
+    dims = [0, *range(2, inputs.dim())]
+    total = torch.zeros(inputs.shape[1], dtype=torch.float64)
     total_sq = torch.zeros_like(total)
-    for chunk in torch.split(images, _STATS_CHUNK):
+    for chunk in torch.split(inputs, _STATS_CHUNK):
         values = chunk.to(torch.float64)
-        total += values.sum(dim=(0, 2, 3))
-        total_sq += values.square().sum(dim=(0, 2, 3))
-    count = images.numel() // images.shape[1]
+        total += values.sum(dim=dims)
+        total_sq += values.square().sum(dim=dims)
+    count = inputs.numel() // inputs.shape[1]
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     # Like scikit-learn's StandardScaler: a constant channel is only centered, not blown up.
-    return mean, torch.where(std > 0, std, torch.ones_like(std))
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    shape = (1, -1, *[1] * (inputs.dim() - 2))
+    return mean.view(shape), std.view(shape)
 
 
-def _check_model(task: str, name: str, source: TaskSource) -> None:
-    """Build the model once and run two images through it, so that a broken model factory, or
-    one made for other images, is one line before any trial rather than a failure in each."""
+def _standardizes(source: TaskSource, inputs: torch.Tensor) -> bool:
+    if source.standardize is not None:
+        return source.standardize
+    return inputs.dim() == 4 and inputs.dtype in (torch.uint8, torch.float32)
+
+
+def _loss_scale(source: TaskSource, targets: torch.Tensor) -> float:
+    """The loss of a trivial guess: uniform over the classes, or the targets' mean (their
+    variance); a task's own loss has none known, and only a non-finite loss is divergence."""
+    if callable(source.loss):
+        return math.inf
+    if source.loss == "mse":
+        variance = float(targets.double().var(dim=0, unbiased=False).mean())
+        return variance if variance > 0 else 1.0
+    return math.log(max(source.num_classes or 2, 2))
+
+
+def _check_model(task: str, name: str, source: TaskSource, probe: Task) -> None:
+    """Build the model once and run two training examples through it exactly as training
+    feeds them (transformed, standardised or not), then the loss and every metric, so that a
+    broken model factory, one made for other inputs, or outputs that do not fit the loss are
+    one line before any trial rather than a failure in each."""
     where = f"task {task!r}: model {name!r}"
-    state = torch.random.get_rng_state()  # building draws from the global generator
-    try:
-        model = source.models[name]()
-    except Exception as error:
-        raise LrsearchError(f"{where} {_raised(error)}") from error
-    finally:
-        torch.random.set_rng_state(state)
+    with torch.random.fork_rng(devices=[]):  # building draws from the global generator
+        try:
+            model = source.models[name]()
+        except Exception as error:
+            raise LrsearchError(f"{where} {_raised(error)}") from error
     if not isinstance(model, nn.Module):
         raise LrsearchError(f"{where} returned {type(model).__name__}, expected a torch.nn.Module")
-    images = source.train_images[:2].float()
+    examples = (probe.train_images, probe.train_labels)
+    if examples[0] is None or examples[1] is None:
+        examples = (probe.val_images, probe.val_labels)
+    raw, targets = examples[0][:2].cpu(), examples[1][:2].cpu()
+    count = len(raw)
+    cpu_probe = _on_device(probe, torch.device("cpu"))
+    if source.transform is not None:
+        try:
+            changed = source.transform(raw, torch.Generator().manual_seed(0))
+        except Exception as error:
+            raise LrsearchError(f"task {task!r}: its transform {_raised(error)}") from error
+        if not isinstance(changed, torch.Tensor) or changed.shape[:1] != raw.shape[:1]:
+            shape = tuple(changed.shape) if isinstance(changed, torch.Tensor) else changed
+            raise LrsearchError(
+                f"task {task!r}: its transform must keep the batch size; it made "
+                f"{tuple(raw.shape)} into {shape}"
+            )
+        raw = changed
+    inputs = cpu_probe.normalize(raw)
     try:
         with torch.no_grad():
-            logits = model.eval()(images)
+            outputs = model.eval()(inputs)
     except Exception as error:
         raise LrsearchError(
-            f"{where} cannot take the task's images of shape {tuple(images.shape[1:])}: "
-            f"{_raised(error)}"
+            f"{where} cannot take the task's inputs, {inputs.dtype} of shape "
+            f"{tuple(inputs.shape[1:])} as training feeds them: {_raised(error)}"
         ) from error
-    # More outputs than classes train (the extra logits are never the label); fewer cannot.
-    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
-    if shape is None or len(shape) != 2 or shape[0] != 2 or shape[1] < source.num_classes:
+    _check_outputs(where, source, outputs, targets)
+    for metric in probe.metrics.values():
+        try:
+            figures = metric.per_example(outputs, targets)
+        except Exception as error:
+            raise LrsearchError(
+                f"task {task!r}: metric {metric.name!r} {_raised(error)}"
+            ) from error
+        if not isinstance(figures, torch.Tensor) or tuple(figures.shape) != (count,):
+            shape = tuple(figures.shape) if isinstance(figures, torch.Tensor) else figures
+            raise LrsearchError(
+                f"task {task!r}: {'loss' if metric.name == 'loss' else f'metric {metric.name!r}'}"
+                f" returns {shape} for {count} examples; expected one figure per example, shape "
+                f"({count},)"
+            )
+
+
+def _check_outputs(where: str, source: TaskSource, outputs: Any, targets: torch.Tensor) -> None:
+    """The model's outputs against what the loss needs, said in the task's terms."""
+    shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else None
+    if callable(source.loss):
+        if shape is None:
+            raise LrsearchError(f"{where} returns {type(outputs).__name__}, expected a tensor")
+        return  # the loss is checked with the metrics
+    if source.loss == "mse":
+        expected = tuple(targets.shape)
+        what = "one output per target (the targets' shape)"
+    else:
+        # More outputs than classes train (the extra logits are never the target); fewer cannot.
+        expected = (*targets.shape, source.num_classes or 0)
+        what = "logits, one per class" + (" and position" if source.per_position else "")
+        if shape is not None and shape[:-1] == expected[:-1] and shape[-1] >= expected[-1]:
+            return
+    if shape != expected:
         raise LrsearchError(
-            f"{where} returns {shape or type(logits).__name__} for 2 images; expected logits of "
-            f"shape (2, {source.num_classes})"
+            f"{where} returns {shape or type(outputs).__name__} for {len(targets)} examples; "
+            f"expected {what} "
+            f"of shape {expected}"
         )
+
+
+def _on_device(task: Task, device: torch.device) -> Task:
+    """The standardisation of ``task`` for tensors on ``device``."""
+    if task.mean is None or task.std is None:
+        return task
+    return dataclasses.replace(task, mean=task.mean.to(device), std=task.std.to(device))
 
 
 def prepare_task(
@@ -414,9 +784,10 @@ def prepare_task(
     split_seed: int,
     device: torch.device,
 ) -> Task:
-    """Carve the validation split from train and move everything to the device.
+    """Carve the validation split from train, unless the task gives one, and move everything
+    to the device.
 
-    The split is drawn on the CPU from its own generator, so it depends on ``split_seed``
+    The carve is drawn on the CPU from its own generator, so it depends on ``split_seed``
     only: neither the device nor the global RNG state used for model init changes it.
     """
     model_name = next(iter(source.models)) if model is None else model
@@ -424,28 +795,51 @@ def prepare_task(
         raise LrsearchError(
             f"task {name!r} has no model {model_name!r}; choose one of {', '.join(source.models)}"
         )
-    _check_model(name, model_name, source)
-    n = len(source.train_images)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    n_val = _val_count(val_size, n)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    train_images = source.train_images[train_idx]
-    mean, std = _channel_stats(train_images)
-    stat_shape = (1, -1, 1, 1)
-    return Task(
+    if source.val_images is not None and source.val_labels is not None:
+        train_images, train_labels = source.train_images, source.train_labels
+        val_images, val_labels = source.val_images, source.val_labels
+    else:
+        assert source.train_images is not None and source.train_labels is not None
+        n = len(source.train_images)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        n_val = _val_count(val_size, n)
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        train_images, train_labels = source.train_images[train_idx], source.train_labels[train_idx]
+        val_images, val_labels = source.train_images[val_idx], source.train_labels[val_idx]
+    statistics_from = train_images if train_images is not None else val_images
+    mean = std = None
+    if _standardizes(source, statistics_from):
+        mean, std = _channel_stats(statistics_from)
+    task = Task(
         name=name,
         model_name=model_name,
         build_model=source.models[model_name],
-        train_images=train_images.to(device),
-        train_labels=source.train_labels[train_idx].to(device),
-        val_images=source.train_images[val_idx].to(device),
-        val_labels=source.train_labels[val_idx].to(device),
+        train_images=None if train_images is None else train_images.to(device),
+        train_labels=None if train_labels is None else train_labels.to(device),
+        val_images=val_images.to(device),
+        val_labels=val_labels.to(device),
         test_images=source.test_images.to(device),
         test_labels=source.test_labels.to(device),
-        mean=mean.view(stat_shape).to(device, torch.float32),
-        std=std.view(stat_shape).to(device, torch.float32),
+        mean=None if mean is None else mean.to(device, torch.float32),
+        std=None if std is None else std.to(device, torch.float32),
         num_classes=source.num_classes,
+        loss=source.loss_function(),
+        metrics=source.metric_table(),
+        loss_scale=_loss_scale(source, train_labels if train_labels is not None else val_labels),
+        transform=source.transform,
+        batches=source.batches,
+        steps=source.steps,
     )
+    _check_model(name, model_name, source, task)
+    if task.batches is not None:
+        _checked_batch(name, _first(name, task.batches), (val_images, val_labels), device)
+    return task
+
+
+def _first(name: str, batches: Iterable[Any]) -> Any:
+    for batch in batches:
+        return batch
+    raise LrsearchError(f"task {name!r}: its batches yielded no batch")
 
 
 def load_task(

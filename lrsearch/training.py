@@ -1,17 +1,21 @@
 """Training a population: K trials in lockstep on one device, sharing every batch.
 
 A member is a (schedule, initialisation seed) pair. Every step all members see the same batch
-(one device permutation per epoch, from the population's data seed), so two members differ
-by their schedule and seed alone: the comparison between trials is paired. The members'
-models run as one wide network (lrsearch.stacking) and one optimizer step updates them all,
-each with its own learning rate from a ``[steps, K]`` table computed once and indexed on the
-device. A single trial is a population of one; there is no second loop.
+(one device permutation per epoch from the population's data seed, or one batch read from a
+streamed task), transformed once if the task augments, so two members differ by their schedule
+and seed alone: the comparison between trials is paired. Each member's model is built from its
+own seed with the global generator forked, and the batch order and transform draw from
+generators of their own, so a member trains as it would alone at any population size. The
+members' models run as one wide network (lrsearch.stacking) and one optimizer step updates
+them all, each with its own learning rate from a ``[steps, K]`` table computed once and
+indexed on the device. A single trial is a population of one; there is no second loop.
 
-The loop knows torch and schedules, not Optuna: after each epoch it hands every member's
-validation accuracy and losses to a callback, which may stop members (a pruner); the study
-runner decides. Speed comes from never leaving the device: uint8 data loaded once per
-process, index_select batches, divergence tracked per member on the device and read every
-``check_every`` steps, evaluation in large batches under ``inference_mode``.
+The loop knows torch, schedules and the task protocol (lrsearch.tasks), not Optuna nor
+classification: the task gives the loss and the per-example figures of its metrics. After each
+epoch it hands every member's validation metrics to a callback, which may stop members (a
+pruner); the study runner decides. Speed comes from never leaving the device: uint8 data
+loaded once per process, index_select batches, divergence tracked per member on the device and
+read every ``check_every`` steps, evaluation in large batches under ``inference_mode``.
 
 A member fails alone: when its loss blows up its learning rate becomes 0 at that very step,
 so its NaN stays in its own rows, and the others train on exactly as without it.
@@ -20,23 +24,23 @@ so its NaN stays in its own rows, and the others train on exactly as without it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 from lrsearch.config import TrainConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.optim import MemberOptimizer
 from lrsearch.schedules import Schedule
 from lrsearch.stacking import StackedModels, stack_models
-from lrsearch.tasks import Task
+from lrsearch.tasks import PerExample, Task
 
 __all__ = [
     "EpochMetrics",
@@ -70,33 +74,60 @@ class EpochMetrics:
     """Every member's figures after an epoch (a stopped or diverged member's are stale)."""
 
     epoch: int  # 1-based
-    val_accuracy: tuple[float, ...]
-    val_loss: tuple[float, ...]
+    val: Mapping[str, tuple[float, ...]]  # metric name -> one value per member
     training: tuple[bool, ...]  # still training: neither stopped nor diverged
 
 
 # Given an epoch's metrics, the members to stop (pruned); they keep their results so far.
 OnEpoch = Callable[[EpochMetrics], Iterable[int]]
+Figures = Mapping[str, npt.NDArray[np.float64]]  # metric name -> per-example figures
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """One member's run."""
+    """One member's run: each metric's value and per-example figures on val and test."""
 
-    val_accuracy: float
-    test_accuracy: float  # nan unless the member trained to the end
+    val: Mapping[str, float]
+    test: Mapping[str, float]  # nan unless the member trained to the end
     epochs: int  # completed
     steps: int  # optimizer steps taken
     seconds: float  # the population's training time
     diverged_step: int | None = None  # set when the loss blew up
     diverged_reason: str | None = None
     stopped_epoch: int | None = None  # set when the callback stopped it
-    val_loss: float = math.nan
-    val_correct: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    test_correct: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    epoch_val_accuracy: tuple[float, ...] = ()
-    epoch_val_loss: tuple[float, ...] = ()
+    val_figures: Figures = field(default_factory=dict)
+    test_figures: Figures = field(default_factory=dict)
+    epoch_val: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     epoch_train_loss: tuple[float, ...] = ()
+
+    # A classification task's figures under the names its trials have always recorded.
+    @property
+    def val_accuracy(self) -> float:
+        return self.val.get("accuracy", math.nan)
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test.get("accuracy", math.nan)
+
+    @property
+    def val_loss(self) -> float:
+        return self.val["loss"]
+
+    @property
+    def val_correct(self) -> npt.NDArray[np.bool_]:
+        return self.val_figures.get("accuracy", np.zeros(0)).astype(bool)
+
+    @property
+    def test_correct(self) -> npt.NDArray[np.bool_]:
+        return self.test_figures.get("accuracy", np.zeros(0)).astype(bool)
+
+    @property
+    def epoch_val_accuracy(self) -> tuple[float, ...]:
+        return self.epoch_val.get("accuracy", ())
+
+    @property
+    def epoch_val_loss(self) -> tuple[float, ...]:
+        return self.epoch_val.get("loss", ())
 
 
 @dataclass(frozen=True)
@@ -153,7 +184,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def steps_per_epoch(task: Task, config: TrainConfig) -> int:
-    """Full batches only: the last partial batch is dropped, so every step has one shape."""
+    """In memory, full batches only: the last partial batch is dropped, so every step has one
+    shape. Streamed, the task's step budget shared out over ``config.epochs`` evaluations."""
+    if task.steps is not None:
+        if task.steps < config.epochs:
+            raise LrsearchError(
+                f"task {task.name!r} streams {task.steps} steps, fewer than "
+                f"training.epochs={config.epochs} evaluations; lower the epochs"
+            )
+        return task.steps // config.epochs
+    assert task.train_labels is not None
     steps = len(task.train_labels) // config.batch_size
     if steps < 1:
         raise LrsearchError(
@@ -176,49 +216,80 @@ def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _member_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``[K, B, classes]`` logits per example: ``[K, B]``."""
-    members = logits.shape[0]
-    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.repeat(members), reduction="none")
-    return losses.view(members, -1)
+def _per_member(figure: PerExample, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``figure`` of ``[K, B, ...]`` outputs per member and example: ``[K, B]``."""
+    members = outputs.shape[0]
+    shared = targets.expand(members, *targets.shape).flatten(0, 1)
+    return figure(outputs.flatten(0, 1), shared).view(members, -1)
 
 
 @torch.inference_mode()
 def _evaluate(
     stacked: StackedModels,
     task: Task,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
     config: TrainConfig,
     bf16: bool,
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
-    """Each member's per-example correctness ``[K, N]`` and mean loss ``[K]``: one host sync.
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each member's per-example figures ``[K, N]`` for every metric: one host sync.
 
     Batches shrink as the population grows, so the widest activations stay the size of one
     model's at ``eval_batch_size``."""
     stacked.module.eval()
     members = stacked.members
     batch = max(1, config.eval_batch_size // members)
-    correct = torch.empty(members, len(labels), dtype=torch.bool, device=labels.device)
-    loss = torch.zeros(members, device=labels.device)
-    for start in range(0, len(labels), batch):
-        chunk = labels[start : start + batch]
-        with _autocast(labels.device, bf16):
-            logits = stacked.module(task.normalize(images[start : start + batch]))
-        correct[:, start : start + batch] = logits.argmax(dim=-1) == chunk
-        loss += _member_losses(logits, chunk).sum(dim=1)
+    figures = {
+        name: torch.empty(members, len(targets), device=targets.device) for name in task.metrics
+    }
+    for start in range(0, len(targets), batch):
+        chunk = targets[start : start + batch]
+        with _autocast(targets.device, bf16):
+            outputs = stacked.module(task.normalize(inputs[start : start + batch]))
+        for name, metric in task.metrics.items():
+            figures[name][:, start : start + batch] = _per_member(
+                metric.per_example, outputs, chunk
+            )
     stacked.module.train()
-    return correct.cpu().numpy(), (loss / max(len(labels), 1)).double().cpu().numpy()
+    together = torch.stack(list(figures.values())).double().cpu().numpy()
+    return dict(zip(figures, together, strict=True))
 
 
 def _models(task: Task, members: Sequence[Member]) -> StackedModels:
-    """Each member's model built from its own seed, as a lone trial would build it."""
-    device = task.train_labels.device
+    """Each member's model built from its own seed, as a lone trial would build it.
+
+    The global generator is forked around the building (stacking draws from it too, in
+    proportion to K), so what a stochastic model draws later does not depend on K."""
     models = []
-    for member in members:
-        torch.manual_seed(member.seed)
-        models.append(task.build_model().to(device))
-    return stack_models(models, task.normalize(task.train_images[:4]))
+    with torch.random.fork_rng(devices=[task.device] if task.device.type == "cuda" else []):
+        for member in members:
+            torch.manual_seed(member.seed)
+            models.append(task.build_model().to(task.device))
+        probe = task.val_images[:4]
+        return stack_models(models, task.normalize(probe))
+
+
+def _batches(
+    task: Task, config: TrainConfig, per_epoch: int, shuffle: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches in order, every epoch's: a device permutation per epoch of the
+    data in memory, or the task's stream."""
+    if task.batches is not None:
+        yield from task.stream()
+        return
+    assert task.train_images is not None and task.train_labels is not None
+    images, labels = task.train_images, task.train_labels
+    while True:
+        order = torch.randperm(len(labels), device=labels.device, generator=shuffle)
+        for batch in order[: per_epoch * config.batch_size].view(per_epoch, config.batch_size):
+            # index_select, not images[batch]: 5 us instead of 33 us for 128 rows on a CPU.
+            yield images.index_select(0, batch), labels.index_select(0, batch)
+
+
+def _generator(device: torch.device, seed: int, stream: int) -> torch.Generator:
+    """A device generator of its own for each use of the data seed (order, transform)."""
+    state = np.random.SeedSequence([seed, stream]).generate_state(1)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
 
 
 def train_population(
@@ -233,14 +304,15 @@ def train_population(
     """Train every member with its schedule stepped every batch; return each one's results.
 
     Seeded end to end: each member's model is built after ``torch.manual_seed(member.seed)``,
-    and each epoch's order is ``torch.randperm`` from a device generator seeded with
-    ``data_seed``, so a member trains exactly as it would alone with those seeds. Divergence
-    freezes a member and records its step and reason rather than raising: a diverged
-    schedule is a result. ``on_loss`` receives each step's ``[K]`` losses on the device.
+    each epoch's order is ``torch.randperm`` from a device generator seeded with
+    ``data_seed``, and the task's transform draws from another, so a member trains exactly as
+    it would alone with those seeds. Divergence freezes a member and records its step and
+    reason rather than raising: a diverged schedule is a result. ``on_loss`` receives each
+    step's ``[K]`` losses on the device.
     """
     if not members:
         raise LrsearchError("a population needs at least one member")
-    device = task.train_labels.device
+    device = task.device
     count = len(members)
     stacked = _models(task, members)
     optimizer = MemberOptimizer(stacked.params, count, config)
@@ -253,23 +325,20 @@ def train_population(
     if config.compile:  # the training step only: evaluation, once an epoch, stays eager
         forward = torch.compile(stacked.module)
     bf16 = uses_bf16(config.bf16, device)
-    shuffle = torch.Generator(device=device).manual_seed(data_seed)
-    limit = config.divergence_factor * math.log(max(task.num_classes, 2))
+    batches = _batches(task, config, per_epoch, torch.Generator(device).manual_seed(data_seed))
+    augment = _generator(device, data_seed, 1)
+    limit = config.divergence_factor * task.loss_scale
     training = torch.ones(count, device=device)  # 1: trains; 0: frozen (diverged or stopped)
     worst_loss = torch.zeros(count, device=device)  # torch.maximum keeps a NaN once seen
     track = _Track(count, limit)
     started = time.perf_counter()
     step = 0
     for epoch in range(config.epochs):
-        order = torch.randperm(len(task.train_labels), device=device, generator=shuffle)
         loss_sum = torch.zeros(count, device=device)
-        for batch in order[: per_epoch * config.batch_size].view(per_epoch, config.batch_size):
-            # index_select, not images[batch]: 5 us instead of 33 us for 128 rows on a CPU.
-            images = task.train_images.index_select(0, batch)
-            labels = task.train_labels.index_select(0, batch)
+        for inputs, targets in itertools.islice(batches, per_epoch):
             with _autocast(device, bf16):
-                logits = forward(task.normalize(images))
-            losses = _member_losses(logits, labels).mean(dim=1)
+                outputs = forward(task.prepare_batch(inputs, augment))
+            losses = _per_member(task.loss, outputs, targets).mean(dim=1)
             optimizer.zero_grad()
             losses.sum().backward()  # type: ignore[no-untyped-call]
             optimizer.step(lr_table[step] * training)
@@ -284,8 +353,10 @@ def train_population(
                 break
         if not track.check(training, worst_loss, step):
             break
-        correct, val_loss = _evaluate(stacked, task, task.val_images, task.val_labels, config, bf16)
-        track.epoch_done(epoch + 1, correct, val_loss, (loss_sum / per_epoch).tolist())
+        figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, bf16)
+        track.epoch_done(
+            epoch + 1, _values(task, figures), figures, (loss_sum / per_epoch).tolist()
+        )
         if on_epoch is not None:
             for index in on_epoch(track.metrics()):
                 track.stop(index)
@@ -293,13 +364,22 @@ def train_population(
         if not track.any_training():
             break
     if track.evaluated_at != step:
-        track.final_val(*_evaluate(stacked, task, task.val_images, task.val_labels, config, bf16))
-    test_correct, _ = _evaluate(stacked, task, task.test_images, task.test_labels, config, bf16)
+        figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, bf16)
+        track.final_val(_values(task, figures), figures)
+    test = _evaluate(stacked, task, task.test_images, task.test_labels, config, bf16)
     return PopulationResult(
-        track.results(test_correct, config.epochs, time.perf_counter() - started),
+        track.results(_values(task, test), test, config.epochs, time.perf_counter() - started),
         stacked.path,
         time.perf_counter() - started,
     )
+
+
+def _values(task: Task, figures: Figures) -> dict[str, list[float]]:
+    """Each metric's value per member from its per-example figures."""
+    return {
+        name: [metric.value(float(row.mean())) for row in figures[name]]
+        for name, metric in task.metrics.items()
+    }
 
 
 class _Track:
@@ -314,11 +394,10 @@ class _Track:
         self.stopped_epoch: list[int | None] = [None] * count
         self.steps = [0] * count
         self.epochs = [0] * count
-        self.val_accuracy: list[list[float]] = [[] for _ in range(count)]
-        self.val_loss: list[list[float]] = [[] for _ in range(count)]
+        self.epoch_val: list[dict[str, list[float]]] = [{} for _ in range(count)]
         self.train_loss: list[list[float]] = [[] for _ in range(count)]
-        self.val_correct = np.zeros((count, 0), dtype=bool)
-        self.last_val_loss = np.full(count, math.nan)
+        self.values: dict[str, list[float]] = {}
+        self.figures: Figures = {}
 
     def training(self, index: int) -> bool:
         return self.diverged_step[index] is None and self.stopped_epoch[index] is None
@@ -346,20 +425,20 @@ class _Track:
     def epoch_done(
         self,
         epoch: int,
-        correct: npt.NDArray[np.bool_],
-        val_loss: npt.NDArray[np.float64],
+        values: dict[str, list[float]],
+        figures: Figures,
         train_loss: list[float],
     ) -> None:
-        self.final_val(correct, val_loss)
+        self.final_val(values, figures)
         for k in range(self.count):
             if self.training(k):
                 self.epochs[k] = epoch
-                self.val_accuracy[k].append(float(correct[k].mean()))
-                self.val_loss[k].append(float(val_loss[k]))
+                for name, per_member in values.items():
+                    self.epoch_val[k].setdefault(name, []).append(per_member[k])
                 self.train_loss[k].append(train_loss[k])
 
-    def final_val(self, correct: npt.NDArray[np.bool_], val_loss: npt.NDArray[np.float64]) -> None:
-        self.val_correct, self.last_val_loss, self.evaluated_at = correct, val_loss, self.step
+    def final_val(self, values: dict[str, list[float]], figures: Figures) -> None:
+        self.values, self.figures, self.evaluated_at = values, figures, self.step
 
     def stop(self, index: int) -> None:
         if self.training(index):
@@ -368,29 +447,29 @@ class _Track:
     def metrics(self) -> EpochMetrics:
         return EpochMetrics(
             epoch=max(self.epochs),
-            val_accuracy=tuple(float(a) for a in self.val_correct.mean(axis=1)),
-            val_loss=tuple(float(v) for v in self.last_val_loss),
+            val={name: tuple(per_member) for name, per_member in self.values.items()},
             training=tuple(self.training(k) for k in range(self.count)),
         )
 
     def results(
-        self, test_correct: npt.NDArray[np.bool_], epochs: int, seconds: float
+        self, test: dict[str, list[float]], test_figures: Figures, epochs: int, seconds: float
     ) -> tuple[TrainResult, ...]:
         return tuple(
             TrainResult(
-                val_accuracy=float(self.val_correct[k].mean()),
-                test_accuracy=float(test_correct[k].mean()) if self.training(k) else math.nan,
+                val={name: per_member[k] for name, per_member in self.values.items()},
+                test={
+                    name: per_member[k] if self.training(k) else math.nan
+                    for name, per_member in test.items()
+                },
                 epochs=self.epochs[k],
                 steps=self.steps[k],
                 seconds=seconds,
                 diverged_step=self.diverged_step[k],
                 diverged_reason=self.diverged_reason[k],
                 stopped_epoch=self.stopped_epoch[k],
-                val_loss=float(self.last_val_loss[k]),
-                val_correct=self.val_correct[k],
-                test_correct=test_correct[k],
-                epoch_val_accuracy=tuple(self.val_accuracy[k]),
-                epoch_val_loss=tuple(self.val_loss[k]),
+                val_figures={name: rows[k] for name, rows in self.figures.items()},
+                test_figures={name: rows[k] for name, rows in test_figures.items()},
+                epoch_val={name: tuple(v) for name, v in self.epoch_val[k].items()},
                 epoch_train_loss=tuple(self.train_loss[k]),
             )
             for k in range(self.count)
@@ -405,15 +484,16 @@ def train(
     seed: int,
     report: Report | None = None,
     on_loss: LossHook | None = None,
+    metric: str = "accuracy",
 ) -> TrainResult:
     """One trial alone: a population of one, initialised and shuffled from ``seed``.
 
-    ``report(epoch, val_accuracy)`` is called after each epoch and may raise to end the run
-    (a pruner); ``on_loss`` receives each step's loss as a device tensor."""
+    ``report(epoch, value)`` is called after each epoch with the validation ``metric`` and may
+    raise to end the run (a pruner); ``on_loss`` receives each step's loss as a device tensor."""
 
     def on_epoch(metrics: EpochMetrics) -> tuple[int, ...]:
         if report is not None:
-            report(metrics.epoch, metrics.val_accuracy[0])
+            report(metrics.epoch, metrics.val[metric][0])
         return ()
 
     result = train_population(

@@ -28,8 +28,9 @@ from lrsearch.stats import (
     binomial_se,
     compare,
     unpack_correct,
+    unpack_figures,
 )
-from lrsearch.study import score
+from lrsearch.study import higher_is_better, objective_of, score
 
 __all__ = [
     "CONFIRM_SEEDS",
@@ -49,39 +50,47 @@ CONFIRM_SEEDS = 3
 
 
 def trial_scores(trial: optuna.trial.FrozenTrial) -> Scores:
-    """A trial's validation results from its user attributes, old trials included."""
+    """A trial's validation results on its objective from its user attributes, old trials
+    included."""
     return run_scores([trial])
 
 
 def run_scores(runs: Sequence[optuna.trial.FrozenTrial], split: str = "val") -> Scores:
-    """The results of one schedule's runs on ``split`` ("val" or "test"), seeds in run order.
+    """The results of one schedule's runs on ``split`` ("val" or "test"), seeds in run order,
+    for the metric the runs' objective names.
 
-    One run's standard error is the one it recorded (binomial over its examples,
-    or combined over its seeds), else binomial from its example count; over several
-    runs it is the spread of the seeds. Old runs lack everything but the accuracy.
+    One run's standard error is the one it recorded (over its examples, combined over its
+    seeds), else binomial from its example count; over several runs it is the spread of the
+    seeds. Old runs lack everything but the accuracy.
     """
+    metric = objective_of(runs[0]).removeprefix("val_") if runs else "accuracy"
+    name = f"{split}_{metric}"
     per_seed = tuple(
         _accuracy(value)
         for run in runs
-        for value in run.user_attrs.get(
-            f"{split}_accuracy_per_seed", [run.user_attrs.get(f"{split}_accuracy")]
-        )
+        for value in run.user_attrs.get(f"{name}_per_seed", [run.user_attrs.get(name)])
     )
     finite = [v for v in per_seed if math.isfinite(v)]
-    accuracy = statistics.mean(finite) if finite else math.nan
+    value = statistics.mean(finite) if finite else math.nan
     examples = int(runs[0].user_attrs.get(f"{split}_examples", 0)) if runs else 0
     if len(runs) == 1:
-        recorded = runs[0].user_attrs.get(f"{split}_accuracy_se")
-        se = binomial_se(accuracy, examples) if recorded is None else float(recorded)
+        recorded = runs[0].user_attrs.get(f"{name}_se")
+        se = binomial_se(value, examples) if recorded is None else float(recorded)
     else:
         se = statistics.stdev(finite) / math.sqrt(len(finite)) if len(finite) > 1 else math.nan
-    packed: list[Any] = [run.user_attrs.get(f"{split}_correct") for run in runs]
-    correct = (
-        np.stack([unpack_correct(text, examples) for bits in packed for text in bits])
+    key, unpack = (
+        (f"{split}_correct", unpack_correct)
+        if metric == "accuracy"
+        else (f"{name}_figures", unpack_figures)
+    )
+    packed: list[Any] = [run.user_attrs.get(key) for run in runs]
+    figures = (
+        np.stack([unpack(text, examples) for bits in packed for text in bits])
         if examples and packed and all(isinstance(bits, list) and bits for bits in packed)
         else None
     )
-    return Scores(accuracy, per_seed, examples, se, correct)
+    higher = higher_is_better(runs[0]) if runs else True
+    return Scores(value, per_seed, examples, se, figures, metric, higher)
 
 
 def _accuracy(value: Any) -> float:
@@ -127,17 +136,14 @@ class Versus:
 
     def line(self) -> str:
         c = self.comparison
-        text = (
-            f"{trial_label(self.a)} vs {trial_label(self.b)}: "
-            f"{100 * c.difference:+.2f} points val accuracy"
-        )
+        metric = objective_of(self.a).removeprefix("val_")
+        text = f"{trial_label(self.a)} vs {trial_label(self.b)}: {difference(c.difference, metric)}"
         if c.verdict == UNKNOWN:
             text += " (no standard error recorded: trials from an older lrsearch)"
         else:
             seeds = f"{c.seeds} seed" + ("s" if c.seeds != 1 else "")
-            text += (
-                f" [95% {100 * c.low:+.2f}, {100 * c.high:+.2f}] on {c.examples} examples x {seeds}"
-            )
+            low, high = (number(value, metric) for value in (c.low, c.high))
+            text += f" [95% {low}, {high}] on {c.examples} examples x {seeds}"
             if c.method.startswith("unpaired"):
                 text += " (unpaired)"
         text += f": {c.verdict}"
@@ -146,12 +152,16 @@ class Versus:
 
     def as_dict(self) -> dict[str, Any]:
         c = self.comparison
+        metric = objective_of(self.a).removeprefix("val_")
+        # Accuracies in points as they always were; any other metric in its own units.
+        scale, unit = (100.0, "_points") if in_points(metric) else (1.0, "")
         return {
             "a": trial_label(self.a),
             "b": trial_label(self.b),
-            "difference_points": 100 * c.difference,
-            "low_points": _points(c.low),
-            "high_points": _points(c.high),
+            "metric": f"val_{metric}",
+            f"difference{unit}": scale * c.difference,
+            f"low{unit}": _finite(scale * c.low),
+            f"high{unit}": _finite(scale * c.high),
             "examples": c.examples,
             "seeds": c.seeds,
             "method": c.method,
@@ -189,5 +199,21 @@ def verdict_summary(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, dic
     }
 
 
-def _points(value: float) -> float | None:
-    return 100 * value if math.isfinite(value) else None  # JSON has no NaN
+def in_points(metric: str) -> bool:
+    """Accuracies are differences of fractions, said in percentage points."""
+    return metric.endswith("accuracy")
+
+
+def number(value: float, metric: str) -> str:
+    """A difference in ``metric``'s units, signed: ``+1.25`` points, ``-0.0123`` of a loss."""
+    return f"{100 * value:+.2f}" if in_points(metric) else f"{value:+.4f}"
+
+
+def difference(value: float, metric: str) -> str:
+    """``+1.25 points val accuracy``, ``-0.0123 val loss``."""
+    unit = " points" if in_points(metric) else ""
+    return f"{number(value, metric)}{unit} val {metric.replace('_', ' ')}"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN

@@ -307,9 +307,12 @@ def broken_factory() -> nn.Module:
     [
         (broken_factory, "model 'm' raised ValueError: no such layer"),
         (lambda: "a model", "model 'm' returned str, expected a torch.nn.Module"),
-        (lenet, r"model 'm' cannot take the task's images of shape \(1, 4, 4\)"),
-        (lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), r"returns \(2, 3\) for 2 images"),
-        (lambda: nn.Flatten(0), r"returns \(32,\) for 2 images; expected logits of shape"),
+        (
+            lenet,
+            r"model 'm' cannot take the task's inputs, torch.float32 of shape \(1, 4, 4\)",
+        ),
+        (lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), r"returns \(2, 3\) for 2 examples"),
+        (lambda: nn.Flatten(0), r"returns \(32,\) for 2 examples; expected logits"),
     ],
 )
 def test_a_broken_model_is_one_line_before_any_trial(factory: Any, complaint: str) -> None:
@@ -385,20 +388,23 @@ def test_a_failed_download_keeps_what_was_there(task: str, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("changes", "complaint"),
     [
-        ({"train_images": torch.zeros(10, 4, 4, dtype=torch.uint8)}, "train_images must be"),
+        ({"train_images": torch.zeros(10, 4, 4, dtype=torch.uint8)}, "train_images must match"),
         ({"train_images": torch.zeros(0, 1, 4, 4, dtype=torch.uint8)}, "train_images must be"),
-        ({"test_images": torch.zeros(4, 1, 4, 4, dtype=torch.int32)}, "test_images must be uint8"),
+        (
+            {"test_images": torch.zeros(4, 1, 4, 4, dtype=torch.int32)},
+            "train_images must match the test images, torch.int32",
+        ),
         ({"train_labels": torch.zeros(10, dtype=torch.int32)}, "train_labels must be int64"),
         ({"test_labels": torch.zeros(3, dtype=torch.int64)}, r"test_labels .* shape \(4,\)"),
         ({"train_labels": torch.full((10,), 10)}, r"train_labels must lie in \[0, 9\]"),
         ({"test_labels": torch.full((4,), -1)}, r"test_labels must lie in \[0, 9\]"),
-        ({"test_images": torch.zeros(4, 1, 5, 5, dtype=torch.uint8)}, "differ"),
-        ({"test_images": torch.zeros(4, 1, 4, 4)}, "differ"),
+        ({"test_images": torch.zeros(4, 1, 5, 5, dtype=torch.uint8)}, "must match the test"),
+        ({"test_images": torch.zeros(4, 1, 4, 4)}, "must match the test"),
         ({"num_classes": 1}, "num_classes"),
         ({"models": {}}, "at least one model"),
-        ({"num_classes": "10"}, "num_classes must be an int, got '10'"),
-        ({"num_classes": True}, "num_classes must be an int, got True"),
-        ({"num_classes": 10.0}, "num_classes must be an int, got 10.0"),
+        ({"num_classes": "10"}, "num_classes must be an int or None, got '10'"),
+        ({"num_classes": True}, "num_classes must be an int or None, got True"),
+        ({"num_classes": 10.0}, "num_classes must be an int or None, got 10.0"),
         ({"train_images": np.zeros((10, 1, 4, 4))}, "train_images must be a torch.Tensor"),
         ({"test_labels": [0, 1, 2, 3]}, "test_labels must be a torch.Tensor, got list"),
         ({"models": ["lenet"]}, "models must map names"),
@@ -534,7 +540,7 @@ def test_user_function_must_return_a_task_source(user_module: str, tmp_path: Pat
     [
         ("raises", ":raises': raises raised ValueError: no images in the folder$"),
         ("no_argument", ":no_argument': no_argument raised TypeError: .*positional argument"),
-        ("string_classes", ":string_classes': num_classes must be an int, got '10'$"),
+        ("string_classes", ":string_classes': num_classes must be an int or None, got '10'$"),
     ],
 )
 def test_a_task_function_that_fails_is_one_line_naming_it(

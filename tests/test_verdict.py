@@ -90,7 +90,7 @@ def test_the_summary_dict_is_json_and_matches_the_lines() -> None:
 def test_old_trials_fall_back_to_what_they_carry() -> None:
     trials = [old_trial(0, 0.90, baseline="step-001"), old_trial(1, 0.91), old_trial(2, 0.905)]
     scores = trial_scores(trials[1])
-    assert (scores.accuracy, scores.examples, scores.correct) == (0.91, 0, None)
+    assert (scores.value, scores.examples, scores.figures) == (0.91, 0, None)
     rows = dict(verdict_rows(trials))
     assert rows["searched vs baseline"].startswith(
         "trial 1 vs baseline step-001: +1.00 points val accuracy (no standard error recorded"
