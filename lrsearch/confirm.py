@@ -25,19 +25,21 @@ from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import load_study, storage_url
-from lrsearch.runner import load_study_task
+from lrsearch.runner import load_study_task, metric_attrs, objective_metric
 from lrsearch.schedules import Schedule
-from lrsearch.stats import (
-    Comparison,
-    Scores,
-    binomial_se,
-    compare_across_seeds,
-    pack_correct,
-)
+from lrsearch.stats import Comparison, Scores, compare_across_seeds
 from lrsearch.storage import redact
-from lrsearch.study import check_definition, open_study, score
+from lrsearch.study import (
+    HIGHER_IS_BETTER_ATTR,
+    MAXIMIZE,
+    MINIMIZE,
+    check_definition,
+    objective_of,
+    open_study,
+    score,
+)
 from lrsearch.training import Member, population_size, steps_per_epoch, train_population
-from lrsearch.verdict import run_scores
+from lrsearch.verdict import number, run_scores
 
 __all__ = [
     "CONFIRM_SUFFIX",
@@ -69,7 +71,7 @@ class Confirmed:
     label: str  # "trial 12" or "baseline cosine-warmup-004"
     trial: int  # the searched trial it comes from
     schedule: Schedule
-    search_val: float  # validation accuracy at trial length
+    search_val: float  # the objective at trial length
     val: tuple[float, ...]  # one per seed, at confirm length
     test: tuple[float, ...]
     scores: Scores  # the validation results the comparisons read
@@ -82,7 +84,11 @@ class Confirmed:
 
     @property
     def val_mean(self) -> float:
-        return self.scores.accuracy
+        return self.scores.value
+
+    def better_first(self, value: float) -> float:
+        """``value`` with higher better, whatever way the objective goes."""
+        return value if self.scores.higher_is_better else -value
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,10 @@ class ConfirmReport:
 
     def lines(self) -> list[str]:
         """The table (each rank beside the value it ranks, ties as ``2=``), then the notes."""
-        search_ranks = _ranks([r.search_val for r in self.rows])
-        confirm_ranks = _ranks([r.val_mean for r in self.rows])
+        search_ranks = _ranks([r.better_first(r.search_val) for r in self.rows])
+        confirm_ranks = _ranks([r.better_first(r.val_mean) for r in self.rows])
+        metric = self.rows[0].scores.metric if self.rows else "accuracy"
+        unit = "points" if metric.endswith("accuracy") else metric.replace("_", " ")
         columns = [
             ("schedule", 32),
             ("search val", 10),
@@ -104,12 +112,12 @@ class ConfirmReport:
             ("confirm val ± se", 17),
             ("rank", 5),
             ("test ± se", 17),
-            ("vs baseline, points [95%]", 26),
+            (f"vs baseline, {unit} [95%]", 26),
             ("verdict", 0),
         ]
         lines = [
-            f"confirmed at {self.epochs} epochs, {self.seeds} seed(s) each; "
-            "± is the standard error of the mean",
+            f"confirmed at {self.epochs} epochs, {self.seeds} seed(s) each, on val "
+            f"{metric.replace('_', ' ')}; ± is the standard error of the mean",
         ]
         if self.trial_epochs is not None and self.epochs < self.trial_epochs:
             lines.append(
@@ -126,7 +134,7 @@ class ConfirmReport:
                 _spread(row.scores),
                 rank,
                 _spread(row.test_scores),
-                "(the baseline)" if row.is_baseline else _interval(versus),
+                "(the baseline)" if row.is_baseline else _interval(versus, metric),
                 "" if versus is None else versus.verdict,
             ]
             lines.append(
@@ -145,7 +153,8 @@ class ConfirmReport:
 
 def decision(winner: Confirmed, epochs: int) -> str:
     """Which schedule ``best --confirmed`` writes, and why, in one line."""
-    why = f"the best mean validation accuracy at {epochs} epochs ({winner.val_mean:.4f})"
+    metric = winner.scores.metric.replace("_", " ")
+    why = f"the best mean validation {metric} at {epochs} epochs ({winner.val_mean:.4f})"
     versus = winner.versus_baseline
     if winner.is_baseline:
         why += "; the best baseline beat every searched schedule"
@@ -169,19 +178,19 @@ def _value(value: float) -> str:
 
 
 def _spread(scores: Scores) -> str:
-    if not math.isfinite(scores.accuracy):
+    if not math.isfinite(scores.value):
         return "diverged" if scores.per_seed else "-"
     se = f" ± {scores.se:.4f}" if math.isfinite(scores.se) else ""
-    return f"{scores.accuracy:.4f}{se}"
+    return f"{scores.value:.4f}{se}"
 
 
-def _interval(comparison: Comparison | None) -> str:
+def _interval(comparison: Comparison | None, metric: str) -> str:
     if comparison is None:
         return "-"
     c = comparison
     if not (math.isfinite(c.low) and math.isfinite(c.high)):
-        return f"{100 * c.difference:+.2f}"
-    return f"{100 * c.difference:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
+        return number(c.difference, metric)
+    return f"{number(c.difference, metric)} [{number(c.low, metric)}, {number(c.high, metric)}]"
 
 
 def confirm(
@@ -199,8 +208,12 @@ def confirm(
     task = load_study_task(config)
     training = dataclasses.replace(config.training, epochs=epochs)
     per_epoch = steps_per_epoch(task, training)
+    metric = objective_metric(config, task)
     record = open_study(
-        dataclasses.replace(config, name=config.name + CONFIRM_SUFFIX), storage, any_epochs=True
+        dataclasses.replace(config, name=config.name + CONFIRM_SUFFIX),
+        storage,
+        any_epochs=True,
+        direction=MAXIMIZE if metric.higher_is_better else MINIMIZE,
     )
     record.set_user_attr("search_study", config.name)
     done = {
@@ -222,7 +235,6 @@ def confirm(
         result = train_population(task, members, training, data_seed=config.seed)
         for (label, trial, seed), run in zip(runs, result.members, strict=True):
             schedule = _schedule(trial)
-            test = None if math.isnan(run.test_accuracy) else run.test_accuracy
             attrs = {
                 "trial": trial.number,
                 "label": label,
@@ -231,20 +243,18 @@ def confirm(
                 "steps": epochs * per_epoch,
                 "schedule": schedule.to_dict(),
                 "family": schedule.family,  # so export and plots group confirm runs too
-                "val_accuracy": run.val_accuracy,
-                "val_accuracy_se": binomial_se(run.val_accuracy, len(task.val_labels)),
-                "val_examples": len(task.val_labels),
-                "val_correct": [pack_correct(run.val_correct)],
-                "test_accuracy": test,
-                "test_accuracy_se": None
-                if test is None
-                else binomial_se(test, len(task.test_labels)),
-                "test_examples": len(task.test_labels),
+                "objective": config.objective,
+                HIGHER_IS_BETTER_ATTR: metric.higher_is_better,
+                **metric_attrs(task, [run], metric),
                 "diverged": run.diverged_step is not None,
                 "train_seconds": result.seconds / len(runs),
                 "population_path": result.path,
             }
-            record.add_trial(optuna.trial.create_trial(value=run.val_accuracy, user_attrs=attrs))
+            value = attrs[config.objective]
+            worst = -math.inf if metric.higher_is_better else math.inf
+            record.add_trial(
+                optuna.trial.create_trial(value=worst if value is None else value, user_attrs=attrs)
+            )
     return _report(record, candidates, epochs, seeds, config.seed)
 
 
@@ -291,7 +301,7 @@ def _confirmed(
 
 def _ranked(rows: Iterable[Confirmed]) -> list[Confirmed]:
     """Best mean first, each searched schedule compared with the best baseline across seeds."""
-    ranked = sorted(rows, key=lambda row: -_finite_or_worst(row.val_mean))
+    ranked = sorted(rows, key=lambda row: -_finite_or_worst(row.better_first(row.val_mean)))
     baseline = next((row for row in ranked if row.is_baseline), None)
     if baseline is None:
         return ranked
@@ -327,7 +337,7 @@ def _report(
             label,
             trial.number,
             Schedule.from_dict(trial.user_attrs["schedule"]),
-            float(trial.user_attrs.get("val_accuracy", trial.value or 0.0)),
+            float(trial.user_attrs.get(objective_of(trial), trial.value or 0.0)),
             [t for t in runs if t.user_attrs["trial"] == trial.number],
         )
         for label, trial in candidates
@@ -357,9 +367,10 @@ def save_best_confirmed(storage: str | None, study_name: str, path: Path) -> tup
             "label": winner.label,
             "confirmed_epochs": epochs,
             "seeds": len(winner.val),
-            "val_accuracy_mean": winner.val_mean,
-            "val_accuracy_se": _json_number(winner.scores.se),
-            "test_accuracy_mean": _json_number(winner.test_scores.accuracy),
+            "objective": f"val_{winner.scores.metric}",
+            f"val_{winner.scores.metric}_mean": winner.val_mean,
+            f"val_{winner.scores.metric}_se": _json_number(winner.scores.se),
+            f"test_{winner.scores.metric}_mean": _json_number(winner.test_scores.value),
             "versus_baseline": None if versus is None else versus.verdict,
             "why": decision(winner, epochs),
             "storage": redact(url),
@@ -373,7 +384,7 @@ def _json_number(value: float) -> float | None:
 
 
 def best_confirmed(storage: str, study_name: str) -> tuple[Confirmed, int]:
-    """The schedule with the best mean validation accuracy at the longest confirmed length."""
+    """The schedule with the best mean validation objective at the longest confirmed length."""
     record = load_study(storage, study_name + CONFIRM_SUFFIX)
     runs = record.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if not runs:

@@ -25,8 +25,8 @@ from lrsearch.errors import LrsearchError
 from lrsearch.paths import sqlite_file
 from lrsearch.schedules import Schedule
 from lrsearch.storage import STORAGE_ERRORS, redact, storage_error
-from lrsearch.study import best_trial
-from lrsearch.verdict import trial_family, verdict_summary
+from lrsearch.study import best_trial, objective_of
+from lrsearch.verdict import in_points, trial_family, verdict_summary
 
 __all__ = [
     "export_study",
@@ -159,8 +159,15 @@ def _scalar(value: Any) -> Any:
 def intermediate_table(study: optuna.Study) -> pd.DataFrame:
     """Every epoch of every trial, one row each (long format): the objective as reported to
     Optuna, and the other validation and training figures where the trial recorded them
-    (empty for older ones)."""
+    (empty for older ones): every metric of the task gets a ``val_<metric>`` column."""
     metric = (study.metric_names or ["val_accuracy"])[0]
+    trials = study.get_trials(deepcopy=False)
+    series = dict(_EPOCH_SERIES)
+    for trial in trials:
+        for attr in trial.user_attrs:
+            if attr.startswith("epoch_val_"):
+                series.setdefault(attr.removeprefix("epoch_"), attr)
+    series.setdefault(metric, f"epoch_{metric}")
     rows = [
         {
             "number": trial.number,
@@ -169,13 +176,13 @@ def intermediate_table(study: optuna.Study) -> pd.DataFrame:
                 column: value
                 if column == metric
                 else _epoch_value(trial.user_attrs.get(attr), epoch)
-                for column, attr in _EPOCH_SERIES.items()
+                for column, attr in series.items()
             },
         }
-        for trial in study.get_trials(deepcopy=False)
+        for trial in trials
         for epoch, value in sorted(trial.intermediate_values.items())
     ]
-    return pd.DataFrame(rows, columns=["number", "epoch", *_EPOCH_SERIES])
+    return pd.DataFrame(rows, columns=["number", "epoch", *series])
 
 
 def _epoch_value(values: Any, epoch: int) -> float | None:
@@ -191,18 +198,24 @@ def summary(study: optuna.Study, storage: str) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     searched = best_trial(trials, baseline=False)
     baseline = best_trial(trials, baseline=True)
+    metric = (study.metric_names or ["val_accuracy"])[0].removeprefix("val_")
+    # Accuracies in points, as summaries always had them; any other metric in its own units.
+    scale, key = (100.0, "searched_minus_baseline_points")
+    if not in_points(metric):
+        scale, key = (1.0, "searched_minus_baseline")
     return {
         "study": study.study_name,
         "storage": redact(storage),
+        "objective": f"val_{metric}",
         "trials": len(trials),
         "best": _brief(best_trial(trials)),
         "best_searched": _brief(searched),
         "best_baseline": _brief(baseline),
-        "searched_minus_baseline_points": None
+        key: None
         if searched is None or baseline is None
         else {
-            key: _difference_points(searched.user_attrs.get(key), baseline.user_attrs.get(key))
-            for key in ("val_accuracy", "test_accuracy")
+            name: _difference(searched.user_attrs.get(name), baseline.user_attrs.get(name), scale)
+            for name in (f"val_{metric}", f"test_{metric}")
         },
         "verdicts": verdict_summary(trials),
         "states": dict(Counter(trial.state.name for trial in trials)),
@@ -210,8 +223,8 @@ def summary(study: optuna.Study, storage: str) -> dict[str, Any]:
     }
 
 
-def _difference_points(a: Any, b: Any) -> float | None:
-    return None if a is None or b is None else 100 * (a - b)
+def _difference(a: Any, b: Any, scale: float) -> float | None:
+    return None if a is None or b is None else scale * (a - b)
 
 
 def export_study(storage: str | None, study_name: str, out: Path) -> list[Path]:
@@ -240,11 +253,14 @@ def save_best(storage: str | None, study_name: str, path: Path) -> optuna.trial.
             f"study {study.study_name!r} has no complete trial yet; run more trials first"
         )
     attrs = best.user_attrs
+    objective = objective_of(best)
+    test = objective.replace("val_", "test_", 1)
     source = {
         "study": study.study_name,
         "trial": best.number,
-        "val_accuracy": attrs.get("val_accuracy", best.value),
-        "test_accuracy": attrs.get("test_accuracy"),
+        "objective": objective,
+        objective: attrs.get(objective, best.value),
+        test: attrs.get(test),
         "storage": redact(url),
         **{key: attrs.get(key) for key in ("task", "model", "epochs", "steps")},
     }

@@ -24,7 +24,6 @@ import numpy as np
 import numpy.typing as npt
 import optuna
 import torch
-import torch.nn.functional as F
 
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
@@ -214,7 +213,12 @@ def find_lr(
     one member's LR, so it steps exactly as a trial would, on the task's device. It is not
     stacked: a model whose outputs are NaN must reach the loss check, not stacking's own."""
     check_span(start, end, steps)
-    device = task.train_labels.device
+    if task.batches is not None:
+        raise LrsearchError(
+            f"task {task.name!r} streams its batches; lr = 'auto' needs its training data in "
+            "memory: give [space] lr a range instead"
+        )
+    device = task.device
     per_epoch = steps_per_epoch(task, config)
     torch.manual_seed(seed)
     model = task.build_model().to(device)
@@ -233,7 +237,7 @@ def find_lr(
         labels = task.train_labels.index_select(0, batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(task.normalize(task.train_images.index_select(0, batch)))
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = task.loss(logits.float(), labels).mean()
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step(torch.tensor([lr], dtype=torch.float32, device=device))

@@ -22,7 +22,7 @@ from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.export import load_study, storage_url
 from lrsearch.schedules import Schedule
 from lrsearch.stats import Z95
-from lrsearch.study import score
+from lrsearch.study import objective_of, score
 from lrsearch.verdict import trial_family, trial_scores
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def _accuracy_by_family(trials: list[optuna.trial.FrozenTrial]) -> Figure:
         by_family.setdefault(str(trial_family(trial)), []).append(trial)
     if not by_family:
         raise ValueError("no complete trial yet")
-    best = {family: max(_accuracy(t) for t in group) for family, group in by_family.items()}
+    best = {family: _accuracy(max(group, key=score)) for family, group in by_family.items()}
     families = sorted(by_family, key=best.__getitem__)
     figure = _new_figure()
     axes = figure.add_subplot()
@@ -146,14 +146,15 @@ def _accuracy_by_family(trials: list[optuna.trial.FrozenTrial]) -> Figure:
         axes.vlines(best[family], row - 0.3, row + 0.3, color="black")
     axes.set_xlim(*_zoom([t for group in by_family.values() for t in group]))
     axes.set_yticks(range(len(families)), [f"{f} ({len(by_family[f])})" for f in families])
-    axes.set_xlabel("validation accuracy (bars: 95% interval of each trial; line: best)")
+    metric = objective_of(trials[0]).removeprefix("val_").replace("_", " ")
+    axes.set_xlabel(f"validation {metric} (bars: 95% interval of each trial; line: best)")
     axes.set_title("Complete trials by schedule family")
     return figure
 
 
 def _accuracy(trial: optuna.trial.FrozenTrial) -> float:
-    """Validation accuracy, also in a study that minimized the loss (its value)."""
-    return float(trial.user_attrs.get("val_accuracy", trial.value or 0.0))
+    """The validation objective (accuracy, loss, any metric of the task)."""
+    return float(trial.user_attrs.get(objective_of(trial), trial.value or 0.0))
 
 
 def _zoom(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
@@ -163,6 +164,8 @@ def _zoom(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
     half = np.nan_to_num(np.array([accuracy_interval(t) for t in trials]), nan=0.0)
     low, high = float(np.min(values - half)), float(np.max(values + half))
     margin = max(0.05 * (high - low), 0.002)
+    if not objective_of(trials[0]).endswith("accuracy"):  # no bounds but the figures'
+        return low - margin, high + margin
     return max(0.0, low - margin), min(1.0, high + margin)
 
 

@@ -79,6 +79,7 @@ __all__ = [
     "StudyReport",
     "TrialError",
     "load_study_task",
+    "metric_attrs",
     "objective_metric",
     "run_study",
     "run_trials",
@@ -501,30 +502,16 @@ def _record(
     Every metric of the task gets its mean, standard error and per-seed values on val and
     test (``val_accuracy``, ``test_loss_se``, ...); the objective's per-example figures are kept
     so that verdicts pair: correctness as bits (``val_correct``), other figures as floats."""
-    examples = {"val": len(task.val_labels), "test": len(task.test_labels)}
     diverged = next((run for run in runs if run.diverged_step is not None), None)
     epochs = min(len(run.epoch_val_loss) for run in runs)
     attrs: dict[str, Any] = {
         "train_seconds": seconds,  # this trial's share of its population's training time
         "population_path": path,
-        "val_examples": examples["val"],
-        "test_examples": examples["test"],
+        **metric_attrs(task, runs, objective),
     }
-    for name, metric in task.metrics.items():
-        for split in ("val", "test"):
-            per_seed = [getattr(run, split)[name] for run in runs]
-            figures = [getattr(run, f"{split}_figures")[name] for run in runs]
-            attrs[f"{split}_{name}"] = _finite_mean(per_seed)
-            attrs[f"{split}_{name}_se"] = _se(metric, per_seed, figures, examples[split])
-            attrs[f"{split}_{name}_per_seed"] = [v if math.isfinite(v) else None for v in per_seed]
+    for name in task.metrics:
         attrs[f"epoch_val_{name}"] = [
             _finite_mean([r.epoch_val[name][e] for r in runs]) for e in range(epochs)
-        ]
-    if objective.name == "accuracy":
-        attrs["val_correct"] = [pack_correct(run.val_correct) for run in runs]
-    elif objective.of_mean is None:  # a mean of per-example figures pairs example by example
-        attrs[f"val_{objective.name}_figures"] = [
-            pack_figures(run.val_figures[objective.name]) for run in runs
         ]
     attrs["epoch_train_loss"] = [
         _finite_mean([r.epoch_train_loss[e] for r in runs]) for e in range(epochs)
@@ -541,6 +528,30 @@ def _record(
     if value is None:  # a figure that is not finite, short of divergence
         return optuna.trial.TrialState.FAIL, None
     return optuna.trial.TrialState.COMPLETE, value
+
+
+def metric_attrs(task: Task, runs: Sequence[TrainResult], objective: Metric) -> dict[str, Any]:
+    """One schedule's results over its seeds (``runs``) as user attributes.
+
+    Every metric of the task gets its mean, standard error and per-seed values on val and
+    test (``val_accuracy``, ``test_loss_se``, ...); the objective's per-example figures are kept
+    so that verdicts pair: correctness as bits (``val_correct``), other figures as floats."""
+    examples = {"val": len(task.val_labels), "test": len(task.test_labels)}
+    attrs: dict[str, Any] = {"val_examples": examples["val"], "test_examples": examples["test"]}
+    for name, metric in task.metrics.items():
+        for split in ("val", "test"):
+            per_seed = [getattr(run, split)[name] for run in runs]
+            figures = [getattr(run, f"{split}_figures")[name] for run in runs]
+            attrs[f"{split}_{name}"] = _finite_mean(per_seed)
+            attrs[f"{split}_{name}_se"] = _se(metric, per_seed, figures, examples[split])
+            attrs[f"{split}_{name}_per_seed"] = [v if math.isfinite(v) else None for v in per_seed]
+    if objective.name == "accuracy":
+        attrs["val_correct"] = [pack_correct(run.val_correct) for run in runs]
+    elif objective.of_mean is None:  # a mean of per-example figures pairs example by example
+        attrs[f"val_{objective.name}_figures"] = [
+            pack_figures(run.val_figures[objective.name]) for run in runs
+        ]
+    return attrs
 
 
 def _se(

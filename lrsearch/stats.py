@@ -14,6 +14,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -108,7 +109,7 @@ class Scores:
     per_seed: tuple[float, ...]
     examples: int
     se: float
-    figures: npt.NDArray[np.bool_] | npt.NDArray[np.float64] | None = None  # seeds x examples
+    figures: npt.NDArray[Any] | None = None  # seeds x examples: bool or float
     metric: str = "accuracy"
     higher_is_better: bool = True
 
@@ -219,7 +220,7 @@ def _paired(a: Scores, b: Scores) -> Comparison | None:
     if a.figures is None or b.figures is None or a.figures.shape != b.figures.shape:
         return None
     if a.figures.dtype == np.bool_ and b.figures.dtype == np.bool_:
-        comparison = paired_bootstrap(a.figures, b.figures)
+        comparison = paired_bootstrap(a.figures.astype(bool), b.figures.astype(bool))
     else:
         comparison = paired_normal(a.figures.astype(np.float64), b.figures.astype(np.float64))
     return dataclasses.replace(comparison, higher_is_better=a.higher_is_better)

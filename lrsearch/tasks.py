@@ -321,14 +321,14 @@ class Task:
     """A task ready to train on: every split on the target device, loaded once per process.
 
     Cached and shared between trials, so treat every tensor as read-only. With streamed
-    training data ``train_images``/``train_labels`` are None and ``batches`` gives them.
+    training data ``train_images``/``train_labels`` are empty and ``batches`` gives them.
     """
 
     name: str
     model_name: str
     build_model: ModelFactory
-    train_images: torch.Tensor | None
-    train_labels: torch.Tensor | None
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
     test_images: torch.Tensor
@@ -701,7 +701,7 @@ def _check_model(task: str, name: str, source: TaskSource, probe: Task) -> None:
     if not isinstance(model, nn.Module):
         raise LrsearchError(f"{where} returned {type(model).__name__}, expected a torch.nn.Module")
     examples = (probe.train_images, probe.train_labels)
-    if examples[0] is None or examples[1] is None:
+    if len(examples[0]) == 0:  # streamed
         examples = (probe.val_images, probe.val_labels)
     raw, targets = examples[0][:2].cpu(), examples[1][:2].cpu()
     count = len(raw)
@@ -814,8 +814,8 @@ def prepare_task(
         name=name,
         model_name=model_name,
         build_model=source.models[model_name],
-        train_images=None if train_images is None else train_images.to(device),
-        train_labels=None if train_labels is None else train_labels.to(device),
+        train_images=(val_images[:0] if train_images is None else train_images).to(device),
+        train_labels=(val_labels[:0] if train_labels is None else train_labels).to(device),
         val_images=val_images.to(device),
         val_labels=val_labels.to(device),
         test_images=source.test_images.to(device),

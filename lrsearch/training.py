@@ -193,7 +193,6 @@ def steps_per_epoch(task: Task, config: TrainConfig) -> int:
                 f"training.epochs={config.epochs} evaluations; lower the epochs"
             )
         return task.steps // config.epochs
-    assert task.train_labels is not None
     steps = len(task.train_labels) // config.batch_size
     if steps < 1:
         raise LrsearchError(
@@ -277,7 +276,6 @@ def _batches(
     if task.batches is not None:
         yield from task.stream()
         return
-    assert task.train_images is not None and task.train_labels is not None
     images, labels = task.train_images, task.train_labels
     while True:
         order = torch.randperm(len(labels), device=labels.device, generator=shuffle)
