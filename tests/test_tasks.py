@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import pickle
+import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -17,6 +21,7 @@ from torch import nn
 from lrsearch.errors import LrsearchError
 from lrsearch.tasks import (
     BUILTIN_TASKS,
+    Metric,
     Task,
     TaskSource,
     lenet,
@@ -598,3 +603,244 @@ def test_load_task_is_cached_per_argument_set(tmp_path: Path) -> None:
     assert again.train_images is first.train_images
     assert other_seed is not first
     assert not torch.equal(other_seed.val_images, first.val_images)
+
+
+# --- the general protocol: any inputs and targets, the task's loss and metrics ---------------
+
+
+def cpu_prepare(source: TaskSource, **overrides: Any) -> Task:
+    options: dict[str, Any] = {
+        "name": "general",
+        "model": None,
+        "val_size": 0.25,
+        "split_seed": 0,
+        "device": torch.device("cpu"),
+    }
+    return prepare_task(source, **(options | overrides))
+
+
+class TinyLM(nn.Module):
+    """Token ids [B, T] -> logits [B, T, V]."""
+
+    def __init__(self, vocab: int = 7) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 8)
+        self.head = nn.Linear(8, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.embed(ids))
+        return out
+
+
+def token_source(**changes: Any) -> TaskSource:
+    ids = torch.randint(0, 7, (40, 6), generator=torch.Generator().manual_seed(0))
+    targets = ids.roll(-1, dims=1)
+    targets[:, -1] = -100  # the last position has no next token: ignored
+    fields: dict[str, Any] = {
+        "train_images": ids[:32],
+        "train_labels": targets[:32],
+        "test_images": ids[32:],
+        "test_labels": targets[32:],
+        "num_classes": 7,
+        "models": {"lm": TinyLM},
+    }
+    return TaskSource(**(fields | changes))
+
+
+def test_a_token_task_keeps_its_ids_and_scores_per_position() -> None:
+    task = cpu_prepare(token_source())
+
+    assert task.mean is None  # token ids are never standardised
+    assert task.normalize(task.train_images) is task.train_images
+    assert set(task.metrics) == {"loss", "token_accuracy", "perplexity"}
+    assert not task.metrics["loss"].higher_is_better
+    logits = torch.zeros(2, 6, 7)
+    logits[..., 3] = 5.0  # always predicts token 3
+    targets = torch.tensor([[3, 3, 1, 1, 3, -100], [-100] * 6])
+    accuracy = task.metrics["token_accuracy"].per_example(logits, targets)
+    assert accuracy.tolist() == pytest.approx([3 / 5, 0.0])  # ignored positions do not count
+    losses = task.metrics["loss"].per_example(logits, targets)
+    assert losses.shape == (2,) and losses[0] > 0 and losses[1] == 0
+
+
+def test_targets_per_position_outside_the_classes_are_named_but_ignore_index_is_not() -> None:
+    source = token_source()
+    bad = source.test_labels.clone()
+    bad[0, 0] = 7
+    with pytest.raises(LrsearchError, match=r"test_labels must lie in \[0, 6\] \(or ignore_index"):
+        token_source(test_labels=bad)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "standardize", "stat_shape"),
+    [
+        (torch.randn(40, 3, 16), None, None),  # signals: as they come unless asked
+        (torch.randn(40, 3, 16), True, (1, 3, 1)),  # per channel
+        (torch.randn(40, 5), True, (1, 5)),  # tables: per feature
+        (torch.randint(0, 255, (40, 2, 4, 4), dtype=torch.uint8), None, (1, 2, 1, 1)),  # images
+    ],
+)
+def test_standardisation_is_the_tasks_choice(
+    inputs: torch.Tensor, standardize: bool | None, stat_shape: tuple[int, ...] | None
+) -> None:
+    labels = torch.arange(40) % 3
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    source = TaskSource(
+        inputs[:32],
+        labels[:32],
+        inputs[32:],
+        labels[32:],
+        num_classes=3,
+        models={"m": lambda: model},
+        standardize=standardize,
+    )
+    task = cpu_prepare(source)
+    if stat_shape is None:
+        assert task.mean is None and torch.equal(task.normalize(inputs), inputs)
+    else:
+        assert task.mean is not None and tuple(task.mean.shape) == stat_shape
+        assert task.normalize(task.train_images).mean().abs() < 0.2
+
+
+def regression_source(**changes: Any) -> TaskSource:
+    inputs = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    targets = inputs.sum(dim=1, keepdim=True) * 3
+    fields: dict[str, Any] = {
+        "train_images": inputs[:32],
+        "train_labels": targets[:32],
+        "test_images": inputs[32:],
+        "test_labels": targets[32:],
+        "num_classes": None,
+        "models": {"mlp": lambda: nn.Linear(4, 1)},
+        "loss": "mse",
+    }
+    return TaskSource(**(fields | changes))
+
+
+def test_a_regression_task_scores_squared_error_and_scales_divergence_by_its_targets() -> None:
+    task = cpu_prepare(regression_source())
+
+    assert set(task.metrics) == {"loss", "mse"}
+    targets = task.train_labels
+    assert task.loss_scale == pytest.approx(float(targets.var(unbiased=False)), rel=1e-5)
+    outputs = torch.tensor([[1.0], [3.0]])
+    squared = task.loss(outputs, torch.tensor([[0.0], [1.0]]))
+    assert squared.tolist() == [1.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "complaint"),
+    [
+        (
+            {"models": {"mlp": lambda: nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))}},
+            r"task 'general': model 'mlp' returns \(2,\) for 2 examples; expected one output "
+            r"per target \(the targets' shape\) of shape \(2, 1\)",
+        ),
+        ({"loss": "hinge"}, "loss 'hinge' is not known"),
+        ({"metrics": ["f1"]}, "metric 'f1' is not known"),
+        (
+            {"loss": lambda outputs, targets: (outputs - targets).abs().sum()},
+            r"task 'general': loss returns \(\) for 2 examples; expected one figure per example",
+        ),
+        ({"train_labels": torch.zeros(32, 1, dtype=torch.int64)}, "must be real values"),
+    ],
+)
+def test_a_loss_that_does_not_fit_is_one_line_naming_the_task(
+    changes: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(LrsearchError, match=complaint) as caught:
+        cpu_prepare(regression_source(**changes))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_users_loss_and_metric_are_the_tasks_own() -> None:
+    def absolute(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs - targets).abs().flatten(1).mean(1)
+
+    within = Metric("within_one", lambda o, t: ((o - t).abs() < 1).float().squeeze(1), True)
+    task = cpu_prepare(regression_source(loss=absolute, metrics=[within, "mse"]))
+
+    assert list(task.metrics) == ["loss", "within_one", "mse"]
+    assert task.loss is absolute
+    assert task.loss_scale == math.inf  # unknown for a user's loss: only NaN is divergence
+
+
+def test_a_model_that_reads_token_ids_from_standardised_images_fails_before_any_trial() -> None:
+    """The check runs on what training feeds: standardised floats, not the raw uint8."""
+    images = torch.randint(0, 255, (40, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(40) % 3
+
+    class Casts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(256, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.embed(x.long()).mean(dim=(1, 2, 3))
+            return out
+
+    source = TaskSource(
+        images[:32], labels[:32], images[32:], labels[32:], num_classes=3, models={"m": Casts}
+    )
+    with pytest.raises(LrsearchError, match="model 'm' cannot take the task's inputs"):
+        cpu_prepare(source)
+    assert cpu_prepare(dataclasses.replace(source, standardize=False)).mean is None
+
+
+def test_the_tasks_own_validation_split_is_used_as_given() -> None:
+    source = token_source()
+    val = torch.full((5, 6), 2), torch.full((5, 6), 3)
+    task = cpu_prepare(token_source(val_images=val[0], val_labels=val[1]))
+
+    assert torch.equal(task.val_images, val[0]) and torch.equal(task.val_labels, val[1])
+    assert torch.equal(task.train_images, source.train_images)  # nothing carved out of train
+
+
+def test_a_transform_that_changes_the_batch_size_is_refused() -> None:
+    def halves(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return images[: len(images) // 2]
+
+    with pytest.raises(LrsearchError, match="its transform must keep the batch size"):
+        prepare(TaskSource(**{**vars(numbered_source()), "transform": halves}))
+
+
+def streamed_source(batches: Any, **changes: Any) -> TaskSource:
+    source = regression_source()
+    fields: dict[str, Any] = {
+        **vars(source),
+        "train_images": None,
+        "train_labels": None,
+        "val_images": source.test_images,
+        "val_labels": source.test_labels,
+        "batches": batches,
+        "steps": 6,
+    }
+    return TaskSource(**(fields | changes))
+
+
+def test_a_streamed_task_checks_its_first_batch_before_any_trial() -> None:
+    good = [(torch.randn(8, 4), torch.randn(8, 1))]
+    task = cpu_prepare(streamed_source(good))
+    assert task.steps == 6 and len(task.train_images) == 0
+
+    with pytest.raises(LrsearchError, match=r"a batch has inputs .* expected \[B, \.\.\.\]"):
+        cpu_prepare(streamed_source([(torch.randn(8, 5), torch.randn(8, 1))]))
+    with pytest.raises(LrsearchError, match="its batches yielded no batch"):
+        cpu_prepare(streamed_source([]))
+    with pytest.raises(LrsearchError, match="needs steps"):
+        streamed_source(good, steps=None)
+    with pytest.raises(LrsearchError, match="needs its own val_images"):
+        streamed_source(good, val_images=None, val_labels=None)
+
+
+def test_a_custom_task_does_not_import_torchvision() -> None:
+    code = (
+        "import sys; from pathlib import Path; from lrsearch.tasks import load_task; "
+        "load_task('examples.regression:build', model=None, data_dir=Path('data'), "
+        "val_size=0.25, split_seed=0, device=__import__('torch').device('cpu')); "
+        "print('torchvision' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
