@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from lrsearch.errors import LrsearchError
 from lrsearch.idx import learnable_splits
+from lrsearch.models import CharGPT
 from lrsearch.schedules import Constant, Cosine
 from lrsearch.tasks import Task, TaskSource, lenet, prepare_task
 from lrsearch.training import (
@@ -23,11 +25,13 @@ from lrsearch.training import (
     TrainConfig,
     TrainResult,
     resolve_device,
+    steps_per_epoch,
     thread_count,
     train,
     train_population,
     uses_bf16,
 )
+from lrsearch.transforms import random_crop_flip
 
 SEED = 3
 
@@ -331,3 +335,155 @@ def test_the_default_threads_are_the_idle_cores_shared_among_workers(
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     assert thread_count(None, workers) == expected
     assert thread_count(3, workers) == 3  # asked for: as asked
+
+
+# --- any task: K-independence, augmentation, streamed batches, other losses -------------------
+
+
+def test_identical_schedules_score_the_same_at_any_population_size_with_augmentation(
+    task: Task,
+) -> None:
+    """One draw of the transform per batch, from a generator of the population's own: eight
+    copies of one member train as the member alone does, crops and flips included."""
+    augmented = dataclasses.replace(task, transform=random_crop_flip(pad=2))
+    config = TrainConfig(epochs=1, batch_size=32)
+    member = Member(Cosine(lr=0.02), 1)
+    (alone,), lone_losses = population_losses(augmented, [member], config)
+    eight, losses = population_losses(augmented, [member] * 8, config)
+    plain, _ = population_losses(task, [member], config)
+
+    assert plain[0].val_loss != alone.val_loss  # the transform changed what was trained on
+    for k in range(8):
+        assert [step[k] for step in losses] == pytest.approx(
+            [step[0] for step in lone_losses], rel=1e-4, abs=1e-5
+        )
+        assert eight[k].val_accuracy == alone.val_accuracy
+
+
+def test_the_global_generator_after_training_does_not_depend_on_the_population_size(
+    task: Task,
+) -> None:
+    """Building K models (and the wide network) draws in proportion to K: forked, so a
+    stochastic model's later draws are the same at K = 1 and K = 8."""
+    config = TrainConfig(epochs=1, batch_size=128)
+    after = []
+    for size in (1, 8):
+        torch.manual_seed(123)
+        train_population(task, [Member(Constant(lr=0.01), 1)] * size, config, data_seed=7)
+        after.append(torch.rand(3))
+    assert torch.equal(after[0], after[1])
+
+
+def small_task(source: TaskSource) -> Task:
+    return prepare_task(
+        source, name="small", model=None, val_size=16, split_seed=0, device=torch.device("cpu")
+    )
+
+
+def regression_source(**changes: Any) -> TaskSource:
+    inputs = torch.randn(144, 4, generator=torch.Generator().manual_seed(0))
+    targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    fields: dict[str, Any] = {
+        "train_images": inputs[:128],
+        "train_labels": targets[:128],
+        "test_images": inputs[128:],
+        "test_labels": targets[128:],
+        "num_classes": None,
+        "models": {"linear": lambda: torch.nn.Linear(4, 1)},
+        "loss": "mse",
+    }
+    return TaskSource(**(fields | changes))
+
+
+def test_a_regression_population_learns_its_targets() -> None:
+    regression = small_task(regression_source())
+    config = TrainConfig(epochs=5, batch_size=16)
+    result = train(regression, Constant(lr=0.05), config, seed=1, metric="loss")
+
+    assert set(result.val) == {"loss", "mse"}
+    assert result.val["loss"] < 0.1 * regression.loss_scale  # far below predicting the mean
+    assert result.val_figures["mse"].shape == (16,)
+    assert result.val["mse"] == pytest.approx(float(result.val_figures["mse"].mean()))
+    assert math.isnan(result.val_accuracy)  # no such metric: nothing made up
+
+
+class Counting:
+    """An iterable of batches (a DataLoader's shape) that counts what is read from it."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches, self.reads, self.passes = batches, 0, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.passes += 1
+        for batch in self.batches:
+            self.reads += 1
+            yield batch
+
+
+def test_a_streamed_task_feeds_one_read_to_every_member_for_its_step_budget() -> None:
+    source = regression_source()
+    batches = [
+        (source.train_images[8 * i : 8 * i + 8], source.train_labels[8 * i : 8 * i + 8])
+        for i in range(5)
+    ]
+    stream = Counting(batches)
+    streamed = small_task(
+        dataclasses.replace(
+            source,
+            train_images=None,
+            train_labels=None,
+            val_images=source.train_images[:16],
+            val_labels=source.train_labels[:16],
+            batches=stream,
+            steps=12,
+        )
+    )
+    stream.reads = stream.passes = 0  # the up-front check read one
+    config = TrainConfig(epochs=3, batch_size=8)
+    members = [Member(Constant(lr=0.01), seed) for seed in (1, 2, 3)]
+    result = train_population(streamed, members, config, data_seed=0)
+
+    assert stream.reads == 12  # one read a step, whatever K
+    assert stream.passes == 3  # 5 batches a pass: read again when it ends
+    assert all(member.steps == 12 and member.epochs == 3 for member in result.members)
+    assert steps_per_epoch(streamed, config) == 4
+
+
+def test_a_stream_yielding_the_wrong_shape_mid_run_is_one_line_naming_the_task() -> None:
+    source = regression_source()
+    good = (source.test_images[:8], source.test_labels[:8])
+    bad = (source.test_images[:8, :3], source.test_labels[:8])
+    streamed = small_task(
+        dataclasses.replace(
+            source,
+            train_images=None,
+            train_labels=None,
+            val_images=source.train_images[:16],
+            val_labels=source.train_labels[:16],
+            batches=[good, bad],
+            steps=4,
+        )
+    )
+    with pytest.raises(LrsearchError, match=r"task 'small': a batch has inputs"):
+        train_population(
+            streamed, [Member(Constant(lr=0.01), 1)], TrainConfig(epochs=1), data_seed=0
+        )
+
+
+def test_a_token_task_trains_a_language_model_per_position() -> None:
+    ids = torch.randint(0, 5, (96, 8), generator=torch.Generator().manual_seed(0))
+    source = TaskSource(
+        ids[:80],
+        ids.roll(-1, dims=1)[:80],
+        ids[80:],
+        ids.roll(-1, dims=1)[80:],
+        num_classes=5,
+        models={"gpt": lambda: CharGPT(5, 8, n_layer=1, n_head=2, n_embd=16)},
+    )
+    lm = small_task(source)
+    config = TrainConfig(epochs=2, batch_size=16, optimizer="adamw")
+    result = train(lm, Constant(lr=3e-3), config, seed=0, metric="loss")
+
+    assert set(result.val) == {"loss", "token_accuracy", "perplexity"}
+    assert result.val["perplexity"] == pytest.approx(math.exp(result.val["loss"]), rel=1e-6)
+    assert len(result.epoch_val["loss"]) == 2
