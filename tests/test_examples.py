@@ -71,3 +71,42 @@ def test_own_objective_example_searches_and_saves_a_loadable_schedule(tmp_path: 
     schedule = lrsearch.load_schedule(out)
     assert schedule.family in ("cosine", "one_cycle", "step", "wsd")
     assert f"schedule: {schedule.describe()}\n" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("study", "objective"),
+    [
+        pytest.param("char_gpt", "val_loss", marks=pytest.mark.slow),
+        ("regression", "val_loss"),
+        ("digits_augment", "val_accuracy"),
+    ],
+)
+def test_each_shipped_study_runs_offline_as_documented(
+    study: str, objective: str, tmp_path: Path
+) -> None:
+    """``python -m lrsearch run --study studies/<name>.toml``, with tiny overrides: one trial
+    of one epoch, no baselines, in a storage of the test's own."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lrsearch",
+            "run",
+            "--study",
+            f"studies/{study}.toml",
+            "--n-trials=1",
+            "--epochs=1",
+            "--no-baselines",
+            f"--storage=sqlite:///{tmp_path / 'study.db'}",
+            f"--artifact-dir={tmp_path / 'artifacts'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trial 0 " in result.stderr and f" {objective} " in result.stderr  # the log
+    summary = result.stdout.splitlines()
+    label = objective.replace("_", " ")
+    assert any(line.startswith(label) and "(the objective)" in line for line in summary)

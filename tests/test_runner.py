@@ -10,9 +10,11 @@ import optuna
 import pytest
 from digits_study import digits_study
 
+from lrsearch.config import TaskConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import intermediate_table
 from lrsearch.runner import run_study
+from lrsearch.space import space_from_table
 from lrsearch.study import open_study
 from lrsearch.training import TrainConfig
 
@@ -102,3 +104,115 @@ def test_the_objective_can_be_the_validation_loss_minimized(tmp_path: Path) -> N
     assert table["val_accuracy"].between(0, 1).all()
     with pytest.raises(LrsearchError, match="objective"):
         run_study(dataclasses.replace(config, objective="val_accuracy"), out=io.StringIO())
+
+
+def test_a_loss_driven_study_records_and_summarises_the_loss(tmp_path: Path) -> None:
+    config = digits_study(
+        tmp_path / "reg.db",
+        n_trials=3,
+        objective="val_loss",
+        task=TaskConfig(name="examples.regression:build", val_size=0.25),
+        training=TrainConfig(epochs=2, batch_size=16),
+        space=space_from_table({"families": ["constant", "cosine"], "lr": [1e-3, 0.03]}),
+    )
+    report = run_study(config, out=io.StringIO())
+    trials = stored(config)
+    assert optuna.load_study(study_name="digits", storage=config.storage).direction == (
+        optuna.study.StudyDirection.MINIMIZE
+    )
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert trial.value == attrs["val_loss"] and attrs["higher_is_better"] is False
+        assert attrs["test_loss"] > 0 and attrs["val_mse_se"] > 0
+        assert len(attrs["val_loss_figures"]) == 1 and "val_accuracy" not in attrs
+    lines = "\n".join(report.lines())
+    assert "(the objective)" in lines.split("val loss", 1)[1].splitlines()[0]
+    assert "test loss" in lines and "accuracy" not in lines and "points" not in lines
+    assert " val loss [95% " in lines  # the verdicts are in the loss's units, paired
+
+
+USER_TASKS = """
+import torch
+from torch import nn
+from lrsearch.tasks import Metric, TaskSource
+
+
+def data():
+    inputs = torch.randn(120, 4, generator=torch.Generator().manual_seed(0))
+    return inputs, inputs.sum(dim=1, keepdim=True)
+
+
+class SmallBatchesOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+
+    def forward(self, x):
+        if x.shape[0] > 4:  # passes the checks (2 and 4 examples), fails in every trial
+            raise RuntimeError("this model breaks on real batches")
+        return self.linear(x)
+
+
+def breaks(data_dir):
+    x, y = data()
+    return TaskSource(x, y, x[:20], y[:20], None, {"m": SmallBatchesOnly}, loss="mse")
+
+
+def closeness(data_dir):
+    x, y = data()
+    near = Metric("near", lambda o, t: ((o - t).abs() < 0.5).float().squeeze(1), True)
+    return TaskSource(
+        x, y, x[:20], y[:20], None, {"m": lambda: nn.Linear(4, 1)}, loss="mse", metrics=[near]
+    )
+"""
+
+
+@pytest.fixture()
+def user_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = f"user_tasks_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(USER_TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_a_run_whose_every_trial_fails_is_an_error_naming_the_first_cause(
+    tmp_path: Path, user_tasks: str
+) -> None:
+    config = digits_study(
+        tmp_path / "fail.db",
+        n_trials=2,
+        objective="val_loss",
+        task=TaskConfig(name=f"{user_tasks}:breaks", val_size=0.2),
+        training=TrainConfig(epochs=1, batch_size=16),
+    )
+    with pytest.raises(
+        LrsearchError,
+        match=r"every trial of this run failed; the first, trial 0: "
+        r"RuntimeError: this model breaks on real batches",
+    ):
+        run_study(config, out=io.StringIO())
+    assert [t.state for t in stored(config)] == [State.FAIL] * 2
+
+
+def test_a_tasks_own_metric_is_an_objective_with_its_own_direction(
+    tmp_path: Path, user_tasks: str
+) -> None:
+    config = digits_study(
+        tmp_path / "own.db",
+        n_trials=2,
+        objective="val_near",
+        task=TaskConfig(name=f"{user_tasks}:closeness", val_size=0.2),
+        training=TrainConfig(epochs=1, batch_size=16),
+    )
+    report = run_study(config, out=io.StringIO())
+    study = optuna.load_study(study_name="digits", storage=config.storage)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert all(t.value == t.user_attrs["val_near"] for t in stored(config))
+    assert any(line.startswith("val near") for line in report.lines())
+
+    with pytest.raises(
+        LrsearchError,
+        match=r"objective 'val_f1' is not a metric of task .*"
+        r"it reports val_loss, val_near",
+    ):
+        run_study(dataclasses.replace(config, objective="val_f1"), out=io.StringIO())
