@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from lrsearch.stats import (
     compare,
     compare_across_seeds,
     mcnemar_p,
+    mean_se,
     pack_correct,
     paired_bootstrap,
     t95,
@@ -138,3 +140,24 @@ def test_t95_table() -> None:
     assert t95(11) == t95(10)  # between rows: the wider one
     assert t95(1000) == pytest.approx(1.96, abs=1e-3)
     assert math.isnan(t95(0))
+
+
+def test_real_figures_pair_example_by_example_and_the_direction_decides_the_verdict() -> None:
+    rng = np.random.default_rng(0)
+    losses = rng.gamma(2.0, 0.5, (2, 2000))
+    lower = losses - 0.02 + rng.normal(0, 0.01, losses.shape)
+    a = Scores(float(lower.mean()), (0.0, 0.0), 2000, math.nan, lower, "loss", False)
+    b = Scores(float(losses.mean()), (0.0, 0.0), 2000, math.nan, losses, "loss", False)
+
+    paired = compare(a, b)
+    assert paired.method.startswith("paired over examples (normal interval)")
+    assert paired.difference == pytest.approx(-0.02, abs=0.002)
+    assert paired.high < 0 and paired.verdict == AHEAD  # lower loss: ahead
+    assert compare(b, a).verdict == BEHIND
+    # Unpaired, the spread of the losses themselves swamps a 0.02 difference.
+    assert unpaired(a, dataclasses.replace(b, se=0.02)).verdict == WITHIN_NOISE
+
+
+def test_the_standard_error_of_real_figures_comes_from_their_spread() -> None:
+    assert mean_se([0.5], 400, spread=2.0) == pytest.approx(0.1)
+    assert mean_se([0.5, 0.7], 400, spread=2.0) == pytest.approx(math.sqrt(0.01 + 0.01))

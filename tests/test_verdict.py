@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 
 from lrsearch.baselines import BASELINE_ATTR
-from lrsearch.stats import AHEAD, UNKNOWN, WITHIN_NOISE, binomial_se, pack_correct
+from lrsearch.stats import AHEAD, UNKNOWN, WITHIN_NOISE, binomial_se, pack_correct, pack_figures
 from lrsearch.verdict import trial_scores, verdict_rows, verdict_summary
 
 EXAMPLES = 1000
@@ -111,3 +111,47 @@ def test_a_mixed_pair_is_compared_unpaired_and_says_so() -> None:
 def test_nothing_to_compare_gives_no_rows() -> None:
     assert verdict_rows([trial(0, BASE)]) == []
     assert verdict_summary([]) == {}
+
+
+LOSSES = np.random.default_rng(1).gamma(2.0, 0.5, EXAMPLES)
+
+
+def loss_trial(number: int, losses: np.ndarray, *, baseline: str | None = None) -> Any:
+    """A trial of a study that minimises the validation loss, with its per-example losses."""
+    loss = float(losses.mean())
+    attrs: dict[str, Any] = {
+        "objective": "val_loss",
+        "higher_is_better": False,
+        "val_loss": loss,
+        "val_loss_se": float(losses.std(ddof=1) / math.sqrt(EXAMPLES)),
+        "val_loss_per_seed": [loss],
+        "seeds": [0],
+        "val_examples": EXAMPLES,
+        "val_loss_figures": [pack_figures(losses)],
+        "epochs": 4,
+    }
+    if baseline is not None:
+        attrs[BASELINE_ATTR] = baseline
+    frozen = optuna.trial.create_trial(value=loss, user_attrs=attrs)
+    frozen.number = number
+    return frozen
+
+
+def test_a_loss_study_pairs_per_example_losses_and_says_lower_is_ahead() -> None:
+    trials = [
+        loss_trial(0, LOSSES, baseline="cosine-000"),
+        loss_trial(1, LOSSES - 0.05),  # lower on every example: clearly better
+        loss_trial(2, LOSSES - 0.05 + np.random.default_rng(2).normal(0, 0.01, EXAMPLES)),
+    ]
+    scores = trial_scores(trials[1])
+    assert scores.figures is not None and scores.figures.shape == (1, EXAMPLES)
+    assert scores.metric == "loss" and not scores.higher_is_better
+
+    rows = dict(verdict_rows(trials))
+    baseline_line = rows["searched vs baseline"]
+    assert "val loss" in baseline_line and "points" not in baseline_line
+    assert re.search(r": -0\.05\d* val loss \[95% -0\.05\d*, -0\.04\d*\]", baseline_line)
+    assert baseline_line.endswith(f": {AHEAD}")
+    summary = verdict_summary(trials)["searched_vs_baseline"]
+    assert summary["metric"] == "val_loss" and summary["verdict"] == AHEAD
+    assert "difference_points" not in summary and summary["difference"] < 0
