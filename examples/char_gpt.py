@@ -62,7 +62,7 @@ def build(data_dir: Path) -> TaskSource:
             f"the text has {len(ids)} characters; char_gpt needs at least "
             f"{int(10 * (BLOCK + 1) / SPLITS[0]) + 1}"
         )
-    train = windows(ids[:first], BLOCK // 2)  # half-overlapping: twice the training windows
+    train = windows(ids[:first], BLOCK)
     val = windows(ids[first:second], BLOCK)
     test = windows(ids[second:], BLOCK)
 

@@ -372,8 +372,12 @@ class Task:
             for batch in batches:
                 empty = False
                 yield _checked_batch(self.name, batch, reference, self.device)
-            if empty:
-                raise LrsearchError(f"task {self.name!r}: its batches yielded no batch")
+            if empty:  # a generator, say: it can be read only once
+                raise LrsearchError(
+                    f"task {self.name!r}: its batches ended before the {self.steps} steps and "
+                    "yielded nothing when read again; give an iterable that can be read again "
+                    "(a DataLoader, an IterableDataset, a list), not a generator"
+                )
 
 
 def _checked_batch(

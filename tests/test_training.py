@@ -487,3 +487,23 @@ def test_a_token_task_trains_a_language_model_per_position() -> None:
     assert set(result.val) == {"loss", "token_accuracy", "perplexity"}
     assert result.val["perplexity"] == pytest.approx(math.exp(result.val["loss"]), rel=1e-6)
     assert len(result.epoch_val["loss"]) == 2
+
+
+def test_a_stream_that_cannot_be_read_again_ends_early_in_one_line() -> None:
+    source = regression_source()
+    once = iter([(source.test_images[:8], source.test_labels[:8])] * 3)
+    streamed = small_task(
+        dataclasses.replace(
+            source,
+            train_images=None,
+            train_labels=None,
+            val_images=source.train_images[:16],
+            val_labels=source.train_labels[:16],
+            batches=once,
+            steps=6,
+        )
+    )
+    with pytest.raises(LrsearchError, match=r"task 'small': its batches ended before the 6 steps"):
+        train_population(
+            streamed, [Member(Constant(lr=0.01), 1)], TrainConfig(epochs=1), data_seed=0
+        )
