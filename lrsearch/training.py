@@ -284,10 +284,9 @@ def _batches(
             yield images.index_select(0, batch), labels.index_select(0, batch)
 
 
-def _generator(device: torch.device, seed: int, stream: int) -> torch.Generator:
-    """A device generator of its own for each use of the data seed (order, transform)."""
-    state = np.random.SeedSequence([seed, stream]).generate_state(1)[0]
-    return torch.Generator(device=device).manual_seed(int(state))
+def _seed(data_seed: int, stream: int) -> int:
+    """A seed of its own for each use of the data seed (transform, the global generator)."""
+    return int(np.random.SeedSequence([data_seed, stream]).generate_state(1)[0])
 
 
 def train_population(
@@ -324,7 +323,10 @@ def train_population(
         forward = torch.compile(stacked.module)
     bf16 = uses_bf16(config.bf16, device)
     batches = _batches(task, config, per_epoch, torch.Generator(device).manual_seed(data_seed))
-    augment = _generator(device, data_seed, 1)
+    augment = torch.Generator(device).manual_seed(_seed(data_seed, 1))
+    # What a model draws from the global generator while training (dropout) starts from the
+    # data seed: the same at any K, and on a resumed run as on the first.
+    torch.manual_seed(_seed(data_seed, 2))
     limit = config.divergence_factor * task.loss_scale
     training = torch.ones(count, device=device)  # 1: trains; 0: frozen (diverged or stopped)
     worst_loss = torch.zeros(count, device=device)  # torch.maximum keeps a NaN once seen

@@ -363,12 +363,13 @@ def test_identical_schedules_score_the_same_at_any_population_size_with_augmenta
 def test_the_global_generator_after_training_does_not_depend_on_the_population_size(
     task: Task,
 ) -> None:
-    """Building K models (and the wide network) draws in proportion to K: forked, so a
-    stochastic model's later draws are the same at K = 1 and K = 8."""
+    """Building K models (and the wide network) draws in proportion to K: forked, and the
+    global generator is seeded from the data seed, so a stochastic model's draws are the same
+    at K = 1 and K = 8, whatever the process drew before."""
     config = TrainConfig(epochs=1, batch_size=128)
     after = []
-    for size in (1, 8):
-        torch.manual_seed(123)
+    for size, before in ((1, 123), (8, 456)):
+        torch.manual_seed(before)
         train_population(task, [Member(Constant(lr=0.01), 1)] * size, config, data_seed=7)
         after.append(torch.rand(3))
     assert torch.equal(after[0], after[1])
