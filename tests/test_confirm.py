@@ -14,7 +14,7 @@ from digits_study import digits_study
 
 from lrsearch import LrsearchError, load_schedule
 from lrsearch.baselines import BASELINE_ATTR
-from lrsearch.config import StudyConfig
+from lrsearch.config import StudyConfig, TaskConfig
 from lrsearch.confirm import (
     CONFIRM_SUFFIX,
     Confirmed,
@@ -25,7 +25,9 @@ from lrsearch.confirm import (
 )
 from lrsearch.runner import run_study
 from lrsearch.schedules import make_schedule
+from lrsearch.space import space_from_table
 from lrsearch.stats import Comparison, Scores
+from lrsearch.training import TrainConfig
 
 
 def test_spearman_on_hand_made_examples() -> None:
@@ -184,3 +186,34 @@ def test_a_confirm_at_the_trials_length_has_no_length_note() -> None:
         trial_epochs=8,
     )
     assert not any("shorter" in line for line in report.lines())
+
+
+def test_a_loss_driven_study_confirms_on_the_loss_lowest_first(tmp_path: Path) -> None:
+    config = digits_study(
+        tmp_path / "loss.db",
+        name="loss-confirm",
+        n_trials=2,
+        objective="val_loss",
+        task=TaskConfig(name="examples.regression:build", val_size=0.25),
+        training=TrainConfig(epochs=2, batch_size=16),
+        space=space_from_table({"families": ["constant", "cosine"], "lr": [1e-3, 0.03]}),
+    )
+    run_study(config, out=io.StringIO())
+    report = confirm(config, top=2, epochs=3, seeds=2, out=io.StringIO())
+
+    losses = [row.val_mean for row in report.rows]
+    assert losses == sorted(losses)  # lower is better: first
+    assert all(
+        row.scores.metric == "loss" and not row.scores.higher_is_better for row in report.rows
+    )
+    text = "\n".join(report.lines())
+    assert "on val loss" in text and "points" not in text
+    assert "the best mean validation loss at 3 epochs" in text
+    record = optuna.load_study(study_name=config.name + CONFIRM_SUFFIX, storage=config.storage)
+    assert record.direction == optuna.study.StudyDirection.MINIMIZE
+    assert all(t.value == t.user_attrs["val_loss"] for t in record.trials)
+
+    out = tmp_path / "best.json"
+    winner, _ = save_best_confirmed(config.storage, config.name, out)
+    assert winner.label == report.rows[0].label
+    assert load_schedule(out).family in ("constant", "cosine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import subprocess
@@ -14,12 +15,17 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from digits_study import digits_study
 
 import lrsearch
 from lrsearch.cli import main
+from lrsearch.config import TaskConfig
 from lrsearch.errors import LrsearchError
-from lrsearch.export import intermediate_table, load_study
+from lrsearch.export import export_study, intermediate_table, load_study
+from lrsearch.runner import run_study
 from lrsearch.schedules import Schedule, ScheduleError
+from lrsearch.space import space_from_table
+from lrsearch.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,3 +247,30 @@ def test_intermediate_table_carries_the_per_epoch_losses() -> None:
     assert new["val_loss"].to_dict() == {1: 0.9, 2: 0.5}
     assert new["train_loss"].to_dict() == {1: 1.2, 2: 0.7}
     assert table[table.number == 1][["val_loss", "train_loss"]].isna().all().all()
+
+
+def test_a_loss_driven_study_exports_its_metrics_and_summarises_in_their_units(
+    tmp_path: Path,
+) -> None:
+    config = digits_study(
+        tmp_path / "loss.db",
+        n_trials=2,
+        objective="val_loss",
+        baselines=True,
+        task=TaskConfig(name="examples.regression:build", val_size=0.25),
+        training=TrainConfig(epochs=2, batch_size=16),
+        space=space_from_table({"families": ["constant"], "lr": [1e-3, 0.03]}),
+    )
+    run_study(config, out=io.StringIO())
+    written = export_study(config.storage, config.name, tmp_path / "out")
+
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert {"val_loss", "test_loss", "val_mse", "test_mse_se"} <= set(trials.columns)
+    epochs = intermediate_table(load_study(config.storage or "", config.name))
+    assert {"val_loss", "val_mse", "train_loss"} <= set(epochs.columns)
+    assert epochs["val_mse"].notna().all()
+    summary = json.loads(written[-1].read_text())
+    assert summary["objective"] == "val_loss" and "searched_minus_baseline_points" not in summary
+    difference = summary["searched_minus_baseline"]
+    assert set(difference) == {"val_loss", "test_loss"}
+    assert all(verdict["metric"] == "val_loss" for verdict in summary["verdicts"].values())

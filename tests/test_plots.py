@@ -166,3 +166,26 @@ def test_lr_curves_mark_the_baselines_and_take_a_log_scale() -> None:
     assert styles == {"#3": "-", "baseline": "--"}
     assert axes.get_legend().get_texts()[1].get_text().startswith("baseline linear-001 linear")
     assert _lr_curves([searched]).axes[0].get_yscale() == "linear"
+
+
+def test_a_loss_study_plots_its_loss_lowest_as_best_and_unclamped() -> None:
+    examples = 300
+    trials = [
+        made_trial(
+            v,
+            "cosine",
+            attrs={
+                "objective": "val_loss",
+                "val_loss": v,
+                "val_loss_se": 0.05,
+                "val_examples": examples,
+            },
+        )
+        for v in (1.4, 1.6, 1.9)
+    ]
+    axes = _accuracy_by_family(trials).axes[0]
+    assert axes.get_xlabel().startswith("validation loss")
+    low, high = axes.get_xlim()
+    assert low < 1.4 - 1.96 * 0.05 and high > 1.9 + 1.96 * 0.05 > 1.0  # not clamped to 0..1
+    (best,) = [c for c in axes.collections if c.get_segments() and len(c.get_segments()) == 1]
+    assert best.get_segments()[0][0][0] == pytest.approx(1.4)  # the line marks the lowest
