@@ -78,6 +78,7 @@ __all__ = [
     "Run",
     "StudyReport",
     "TrialError",
+    "fail_if_all_failed",
     "load_study_task",
     "metric_attrs",
     "objective_metric",
@@ -349,11 +350,11 @@ def run_study(
     if stop.is_set():
         raise KeyboardInterrupt
     report = run.report()
-    _fail_if_all_failed(report.trials[run.before :])
+    fail_if_all_failed(report.trials[run.before :])
     return report
 
 
-def _fail_if_all_failed(trials: Sequence[optuna.trial.FrozenTrial]) -> None:
+def fail_if_all_failed(trials: Sequence[optuna.trial.FrozenTrial]) -> None:
     """A run whose every trial failed found nothing: it ends as an error naming the first
     cause, not as a success with an empty summary."""
     if trials and all(t.state == optuna.trial.TrialState.FAIL for t in trials):

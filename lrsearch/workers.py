@@ -34,6 +34,7 @@ from lrsearch.runner import (
     Progress,
     Run,
     StudyReport,
+    fail_if_all_failed,
     load_study_task,
     run_study,
     run_trials,
@@ -116,7 +117,9 @@ def run_workers(
         raise storage_failure(started.storage, error) from None
     if stop.is_set():
         raise KeyboardInterrupt
-    return started.report()
+    report = started.report()
+    fail_if_all_failed(report.trials[started.before :])
+    return report
 
 
 def _shares(n_trials: int, workers: int) -> list[int]:
