@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import lrsearch
 from lrsearch import schedules
@@ -110,3 +111,28 @@ def test_each_shipped_study_runs_offline_as_documented(
     summary = result.stdout.splitlines()
     label = objective.replace("_", " ")
     assert any(line.startswith(label) and "(the objective)" in line for line in summary)
+
+
+def test_char_gpt_reads_another_text_and_validates_on_held_out_text(tmp_path: Path) -> None:
+    from examples import char_gpt
+
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(20_000))
+    path = tmp_path / "book.txt"
+    path.write_text(text, encoding="utf-8")
+    source = char_gpt.build(path)
+
+    assert source.num_classes == 26 and source.val_images is not None
+    first, second = (int(f * len(text)) for f in char_gpt.SPLITS)
+
+    def decoded(ids: torch.Tensor) -> str:
+        vocabulary = sorted(set(text))
+        return "".join(vocabulary[i] for i in ids.tolist())
+
+    # Validation windows lie in their own contiguous piece of the text, after all training.
+    assert decoded(source.val_images.flatten()) in text[first:second]
+    assert decoded(source.train_images[-1]) in text[:first]
+    assert torch.equal(source.train_labels[:, :-1], source.train_images[:, 1:])  # next chars
+
+    (tmp_path / "short.txt").write_text("ab", encoding="utf-8")
+    with pytest.raises(lrsearch.LrsearchError, match="needs at least"):
+        char_gpt.build(tmp_path / "short.txt")
