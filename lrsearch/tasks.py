@@ -25,7 +25,7 @@ import itertools
 import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -337,10 +337,10 @@ class Task:
     mean: torch.Tensor | None  # standardisation, when the task asked for it
     std: torch.Tensor | None
     num_classes: int | None
-    loss: PerExample = _squared_error
-    metrics: Mapping[str, Metric] = field(default_factory=dict)
+    loss: PerExample
+    metrics: Mapping[str, Metric]
     # The loss of a trivial guess (uniform classes, the targets' mean), for divergence.
-    loss_scale: float = math.inf
+    loss_scale: float
     transform: BatchTransform | None = None
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
     steps: int | None = None
