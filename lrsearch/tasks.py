@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import itertools
 import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -365,11 +364,10 @@ class Task:
     def stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The streamed batches on the device, passes one after another, each checked."""
         assert self.batches is not None
-        batches = self.batches
         reference = (self.val_images, self.val_labels)
-        for _ in itertools.count():
+        while True:
             empty = True
-            for batch in batches:
+            for batch in self.batches:
                 empty = False
                 yield _checked_batch(self.name, batch, reference, self.device)
             if empty:  # a generator, say: it can be read only once
