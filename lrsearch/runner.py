@@ -155,7 +155,10 @@ class StudyReport:
                 (f"test {label}", _with_se(attrs, f"test_{metric}")),
             ]
             if metric != "accuracy" and attrs.get("val_accuracy") is not None:
-                rows.append(("val accuracy", _with_se(attrs, "val_accuracy")))
+                rows += [
+                    (f"{split} accuracy", _with_se(attrs, f"{split}_accuracy"))
+                    for split in ("val", "test")
+                ]
         rows += verdict_rows(self.trials)
         rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)

@@ -99,6 +99,10 @@ def test_the_objective_can_be_the_validation_loss_minimized(tmp_path: Path) -> N
         }
     assert report.best is not None
     assert report.best.value == min(t.value for t in study.trials if t.value is not None)
+    lines = report.lines()
+    assert any(line.startswith("val loss") and "(the objective)" in line for line in lines)
+    assert any(line.startswith("test accuracy") for line in lines)  # still shown beside it
+    assert not any("points val accuracy" in line for line in lines)
     table = intermediate_table(study)
     assert list(table["val_loss"]) == [t.value for t in study.trials]
     assert table["val_accuracy"].between(0, 1).all()
