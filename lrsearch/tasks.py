@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from lrsearch.errors import LrsearchError
+from lrsearch.models import BasicBlock
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -156,36 +157,15 @@ def small_cnn() -> nn.Module:
     )
 
 
-class _BasicBlock(nn.Module):
-    """Two 3x3 convolutions plus a shortcut, the residual unit of ResNet-18/34."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 def small_resnet() -> nn.Module:
     """A three-stage ResNet small enough for quick trials, for 3x32x32 inputs."""
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1, bias=False),
         nn.BatchNorm2d(32),
         nn.ReLU(),
-        _BasicBlock(32, 32, stride=1),
-        _BasicBlock(32, 64, stride=2),
-        _BasicBlock(64, 128, stride=2),
+        BasicBlock(32, 32, stride=1),
+        BasicBlock(32, 64, stride=2),
+        BasicBlock(64, 128, stride=2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(128, 10),
