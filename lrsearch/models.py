@@ -33,11 +33,11 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         *lead, length, width = x.shape
-        heads = [
+        q, k, v = (
             part.reshape(*lead, length, self.n_head, width // self.n_head).transpose(-3, -2)
             for part in self.qkv(x).split(width, dim=-1)
-        ]
-        y = F.scaled_dot_product_attention(*heads, is_causal=True)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(-3, -2).reshape(*lead, length, width)
         out: torch.Tensor = self.dropout(self.proj(y))
         return out
