@@ -6,6 +6,8 @@ read from a device tensor, so no step waits on the host. The arithmetic is torch
 single-tensor update, line for line (dampening 0, no amsgrad), which the tests check
 against torch.optim itself. Gradient clipping is ``torch.nn.utils.clip_grad_norm_`` applied
 to each member's own gradients: one member's large gradient never shrinks another's step.
+fp16 loss scaling is ``torch.amp.GradScaler``'s, again per member: one member's overflow
+skips its own step only.
 """
 
 from __future__ import annotations
@@ -18,9 +20,62 @@ import torch
 if TYPE_CHECKING:
     from lrsearch.config import TrainConfig
 
-__all__ = ["MemberOptimizer"]
+__all__ = ["MemberOptimizer", "MemberScaler"]
 
 CLIP_EPS = 1e-6  # clip_grad_norm_'s guard against a zero norm
+
+
+def _per_row(values: torch.Tensor, param: torch.Tensor, members: int) -> torch.Tensor:
+    """``values`` (one per member) broadcast to ``param``: member k's value on its rows."""
+    rows = param.shape[0] // members
+    column = values if rows == 1 else values.repeat_interleave(rows)
+    return column.view(-1, *(1,) * (param.dim() - 1))
+
+
+class MemberScaler:
+    """``torch.amp.GradScaler`` for each member alone, with its defaults: a member's loss is
+    multiplied by its own scale; a member whose unscaled gradients are not finite skips its
+    step and halves its scale, and one that goes ``growth_interval`` steps without doubles it.
+    """
+
+    def __init__(
+        self,
+        members: int,
+        device: torch.device,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ) -> None:
+        self.members = members
+        self.scales = torch.full((members,), init_scale, device=device)
+        self.tracker = torch.zeros(members, dtype=torch.int32, device=device)
+        self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
+        self.growth_interval = growth_interval
+
+    def scale(self, losses: torch.Tensor) -> torch.Tensor:
+        """``losses`` ``[members]``, each times its member's scale."""
+        return losses * self.scales
+
+    @torch.no_grad()
+    def unscale(self, params: Sequence[torch.Tensor]) -> list[bool]:
+        """Divide the gradients by their member's scale and update the scales for the next
+        step (GradScaler's ``unscale_`` then ``update``); return which members overflowed.
+        One host sync, as ``GradScaler.step`` makes."""
+        inverse = self.scales.double().reciprocal().float()
+        found = torch.zeros(self.members, dtype=torch.bool, device=self.scales.device)
+        for param in params:
+            if param.grad is None:
+                continue
+            param.grad.mul_(_per_row(inverse, param.grad, self.members))
+            found |= ~torch.isfinite(param.grad.reshape(self.members, -1)).all(dim=1)
+        self.tracker = torch.where(found, 0, self.tracker + 1)
+        grown = self.tracker == self.growth_interval
+        factor = torch.where(grown, self.growth_factor, 1.0)
+        self.scales = self.scales * torch.where(found, self.backoff_factor, factor)
+        self.tracker = torch.where(grown, 0, self.tracker)
+        overflowed: list[bool] = found.tolist()
+        return overflowed
 
 
 class MemberOptimizer:
@@ -38,7 +93,7 @@ class MemberOptimizer:
         self.params = list(params)
         self.members = members
         self.config = config
-        self.steps = 0
+        self.steps = [0] * members  # per member: an fp16 overflow skips one member's step
         for param in self.params:
             if param.shape[0] % members:
                 raise ValueError(f"a parameter of shape {tuple(param.shape)} is not member-major")
@@ -49,16 +104,18 @@ class MemberOptimizer:
         self.decay = [
             config.weight_decay if config.decay_all or matrix else 0.0 for matrix in matrices
         ]
+        self.scaler = MemberScaler(members, self.params[0].device) if config.fp16 else None
+
+    def scaled(self, losses: torch.Tensor) -> torch.Tensor:
+        """The members' losses ``[members]`` to backpropagate: scaled for fp16, else as they are."""
+        return losses if self.scaler is None else self.scaler.scale(losses)
 
     def zero_grad(self) -> None:
         for param in self.params:
             param.grad = None
 
-    def _per_row(self, lr: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        """``lr`` broadcast to ``param``: member k's value on its rows."""
-        rows = param.shape[0] // self.members
-        column = lr if rows == 1 else lr.repeat_interleave(rows)
-        return column.view(-1, *(1,) * (param.dim() - 1))
+    def _per_row(self, values: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        return _per_row(values, param, self.members)
 
     @torch.no_grad()
     def clip(self, max_norm: float) -> torch.Tensor:
@@ -77,7 +134,28 @@ class MemberOptimizer:
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor) -> None:
-        self.steps += 1
+        """Unscale (fp16), clip, then update each member with its own ``lr``."""
+        skip = [False] * self.members if self.scaler is None else self.scaler.unscale(self.params)
+        self.steps = [n + (not skipped) for n, skipped in zip(self.steps, skip, strict=True)]
+        if not any(skip):
+            self._update(lr)
+            return
+        # As GradScaler skips optimizer.step: the overflowed members' parameters and state
+        # stay as they were. Their gradients are zeroed so that nothing else sees a NaN.
+        mask = torch.tensor(skip, device=lr.device)
+        for param in self.params:
+            if param.grad is not None:
+                param.grad.masked_fill_(self._per_row(mask, param.grad), 0.0)
+        saved = [
+            (tensor, tensor.clone())
+            for param, state in zip(self.params, self.state, strict=True)
+            for tensor in (param, *state.values())
+        ]
+        self._update(lr * ~mask)
+        for tensor, old in saved:
+            tensor.copy_(torch.where(self._per_row(mask, tensor), old, tensor))
+
+    def _update(self, lr: torch.Tensor) -> None:
         config = self.config
         if config.clip_norm is not None:
             self.clip(config.clip_norm)
@@ -131,7 +209,15 @@ class MemberOptimizer:
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        correction1 = 1 - beta1**self.steps
-        correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(config.eps)
-        param.addcdiv_(exp_avg * rate, denom, value=-1 / correction1)
+        if len(set(self.steps)) == 1:  # every member has taken as many steps
+            correction1 = 1 - beta1 ** self.steps[0]
+            correction2_sqrt = (1 - beta2 ** self.steps[0]) ** 0.5
+            denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(config.eps)
+            param.addcdiv_(exp_avg * rate, denom, value=-1 / correction1)
+            return
+        # Some member skipped a step (fp16): each member's bias correction for its own count.
+        counts = torch.tensor(self.steps, dtype=torch.float64, device=param.device)
+        corrections1 = self._per_row((1 - beta1**counts).float(), param)
+        corrections2_sqrt = self._per_row(((1 - beta2**counts) ** 0.5).float(), param)
+        denom = (exp_avg_sq.sqrt() / corrections2_sqrt).add_(config.eps)
+        param.addcdiv_(exp_avg * rate / corrections1, denom, value=-1)

@@ -55,14 +55,15 @@ from lrsearch.study import (
 from lrsearch.tasks import Task, load_task
 from lrsearch.thumbnail import attach_lr_curve
 from lrsearch.training import (
+    PRECISION_NAMES,
     EpochMetrics,
     Member,
     TrainResult,
+    autocast_dtype,
     population_size,
     resolve_device,
     steps_per_epoch,
     train_population,
-    uses_bf16,
 )
 from lrsearch.verdict import verdict_rows
 
@@ -273,6 +274,7 @@ def load_study_task(config: StudyConfig) -> Task:
         download=config.task.download,
     )
     steps_per_epoch(task, config.training)
+    autocast_dtype(config.training, task.train_labels.device)  # fp16 off CUDA fails here
     return task
 
 
@@ -387,7 +389,7 @@ def _run_population(
             "batch_size": training.batch_size,
             "optimizer": training.optimizer,
             "device": str(device),
-            "precision": "bf16" if uses_bf16(training.bf16, device) else "fp32",
+            "precision": PRECISION_NAMES[autocast_dtype(training, device)],
             "seeds": seeds,
             "objective": config.objective,
             "population": len(trials),

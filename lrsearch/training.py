@@ -39,11 +39,13 @@ from lrsearch.stacking import StackedModels, stack_models
 from lrsearch.tasks import Task
 
 __all__ = [
+    "PRECISION_NAMES",
     "EpochMetrics",
     "Member",
     "PopulationResult",
     "TrainConfig",
     "TrainResult",
+    "autocast_dtype",
     "population_size",
     "resolve_device",
     "steps_per_epoch",
@@ -173,9 +175,26 @@ def uses_bf16(bf16: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[object]:
-    """bf16 keeps float32's range, so unlike float16 it needs no loss scaling."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast precision, None for float32. float16 needs its loss scaler, which only
+    pays on CUDA's float16 tensor cores; bf16 keeps float32's range and needs none."""
+    if config.fp16:
+        if device.type != "cuda":
+            raise LrsearchError(
+                f"training.fp16 needs a CUDA device, this run is on {device.type}; "
+                "leave it out, or set training.bf16 = true"
+            )
+        return torch.float16
+    return torch.bfloat16 if uses_bf16(config.bf16, device) else None
+
+
+def _autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[object]:
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _member_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -192,7 +211,7 @@ def _evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     config: TrainConfig,
-    bf16: bool,
+    amp: torch.dtype | None,  # the autocast precision, None for float32
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
     """Each member's per-example correctness ``[K, N]`` and mean loss ``[K]``: one host sync.
 
@@ -205,7 +224,7 @@ def _evaluate(
     loss = torch.zeros(members, device=labels.device)
     for start in range(0, len(labels), batch):
         chunk = labels[start : start + batch]
-        with _autocast(labels.device, bf16):
+        with _autocast(labels.device, amp):
             logits = stacked.module(task.normalize(images[start : start + batch]))
         correct[:, start : start + batch] = logits.argmax(dim=-1) == chunk
         loss += _member_losses(logits, chunk).sum(dim=1)
@@ -255,7 +274,7 @@ def train_population(
     forward: Callable[[torch.Tensor], torch.Tensor] = stacked.module
     if config.compile:  # the training step only: evaluation, once an epoch, stays eager
         forward = torch.compile(stacked.module)
-    bf16 = uses_bf16(config.bf16, device)
+    amp = autocast_dtype(config, device)
     shuffle = torch.Generator(device=device).manual_seed(data_seed)
     limit = config.divergence_factor * math.log(max(task.num_classes, 2))
     training = torch.ones(count, device=device)  # 1: trains; 0: frozen (diverged or stopped)
@@ -274,10 +293,10 @@ def train_population(
                 # index_select, not images[batch]: 5 us instead of 33 us for 128 rows on a CPU.
                 images = task.train_images.index_select(0, batch)
                 labels = task.train_labels.index_select(0, batch)
-                with _autocast(device, bf16):
+                with _autocast(device, amp):
                     logits = forward(task.normalize(images))
                 micro = _member_losses(logits, labels).mean(dim=1) / config.accumulate
-                micro.sum().backward()  # type: ignore[no-untyped-call]
+                optimizer.scaled(micro).sum().backward()  # type: ignore[no-untyped-call]
                 losses += micro.detach()
             optimizer.step(lr_table[step] * training)
             step += 1
@@ -290,7 +309,7 @@ def train_population(
                 break
         if not track.check(training, worst_loss, step):
             break
-        correct, val_loss = _evaluate(stacked, task, task.val_images, task.val_labels, config, bf16)
+        correct, val_loss = _evaluate(stacked, task, task.val_images, task.val_labels, config, amp)
         track.epoch_done(epoch + 1, correct, val_loss, (loss_sum / per_epoch).tolist())
         if on_epoch is not None:
             for index in on_epoch(track.metrics()):
@@ -299,8 +318,8 @@ def train_population(
         if not track.any_training():
             break
     if track.evaluated_at != step:
-        track.final_val(*_evaluate(stacked, task, task.val_images, task.val_labels, config, bf16))
-    test_correct, _ = _evaluate(stacked, task, task.test_images, task.test_labels, config, bf16)
+        track.final_val(*_evaluate(stacked, task, task.val_images, task.val_labels, config, amp))
+    test_correct, _ = _evaluate(stacked, task, task.test_images, task.test_labels, config, amp)
     return PopulationResult(
         track.results(test_correct, config.epochs, time.perf_counter() - started),
         stacked.path,

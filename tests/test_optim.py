@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrsearch.optim import MemberOptimizer
+from lrsearch.optim import MemberOptimizer, MemberScaler
 from lrsearch.training import TrainConfig
 
 CONFIGS = [
@@ -139,3 +139,38 @@ def test_clip_returns_each_members_own_norm() -> None:
     torch.testing.assert_close(norms, torch.tensor([5.0, 0.5]))
     torch.testing.assert_close(param.grad[0], torch.tensor([3.0, 0.0]) / (5.0 + 1e-6))
     torch.testing.assert_close(param.grad[1], torch.tensor([0.0, 0.5]))  # under the limit
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fp16_loss_scaling_matches_grad_scaler_member_by_member(optimizer: str) -> None:
+    """torch.amp.GradScaler per member, on a CPU with a small scale (the arithmetic is the
+    same as on CUDA): an overflow skips that member's step alone and halves its scale, two
+    clean steps double it. What runs on CUDA only, fp16 autocast itself, is not tested here."""
+    members, rows, steps = 3, 2, 6
+    config = TrainConfig(optimizer=optimizer, fp16=True, momentum=0.9, clip_norm=5.0)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    stacked = torch.randn(members * rows, 4, generator=generator).requires_grad_()
+    alone = [member_rows(stacked, k, members).detach().clone().requires_grad_() for k in range(3)]
+    ours = MemberOptimizer([stacked], members, config)
+    ours.scaler = MemberScaler(members, stacked.device, init_scale=4.0, growth_interval=2)
+    theirs = [torch_optimizer(p, 0.05, config) for p in alone]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=2) for _ in alone]
+    for step in range(steps):
+        weights = torch.randn(members * rows, 4, generator=generator)
+        if step in (1, 4):  # member 1 overflows, then member 2
+            weights[rows * (step // 3 + 1)] = float("inf")
+        losses = (stacked * weights).reshape(members, -1).sum(dim=1)
+        ours.zero_grad()
+        ours.scaled(losses).sum().backward()
+        ours.step(torch.full((members,), 0.05))
+        for k, (param, lone, scaler) in enumerate(zip(alone, theirs, scalers, strict=True)):
+            lone.zero_grad()
+            scaler.scale((param * member_rows(weights, k, members)).sum()).backward()
+            scaler.unscale_(lone)
+            torch.nn.utils.clip_grad_norm_([param], max_norm=5.0)
+            scaler.step(lone)
+            scaler.update()
+    assert ours.scaler.scales.tolist() == [s.get_scale() for s in scalers]
+    assert len({s.get_scale() for s in scalers}) > 1  # the overflows made the scales differ
+    for k, param in enumerate(alone):
+        torch.testing.assert_close(member_rows(stacked, k, members), param, rtol=1e-6, atol=1e-7)
