@@ -20,9 +20,16 @@ import torch
 if TYPE_CHECKING:
     from lrsearch.config import TrainConfig
 
-__all__ = ["MemberOptimizer", "MemberScaler"]
+__all__ = ["MemberOptimizer", "MemberScaler", "weight_matrices"]
 
 CLIP_EPS = 1e-6  # clip_grad_norm_'s guard against a zero norm
+
+
+def weight_matrices(model: torch.nn.Module) -> list[bool]:
+    """Per parameter of ``model``: a weight matrix (two or more dimensions, not an embedding),
+    what ``decay_all=False`` limits weight decay to."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return [p.dim() >= 2 and id(p) not in embeddings for p in model.parameters()]
 
 
 def _per_row(values: torch.Tensor, param: torch.Tensor, members: int) -> torch.Tensor:

@@ -38,6 +38,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from lrsearch.optim import weight_matrices
+
 __all__ = ["StackedModels", "stack_models"]
 
 Path = Literal["stacked", "vmap", "loop"]
@@ -118,12 +120,6 @@ def stack_models(
     raise RuntimeError("the model cannot be trained as a population (" + "; ".join(reasons) + ")")
 
 
-def _matrices(model: nn.Module) -> list[bool]:
-    """Per parameter of ``model``: a weight matrix (two or more dimensions, not an embedding)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    return [p.dim() >= 2 and id(p) not in embeddings for p in model.parameters()]
-
-
 def _has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
@@ -162,7 +158,7 @@ def _stacked(models: Sequence[nn.Module], generators: list[torch.Generator]) -> 
     wide = _Output(module, layout, len(models)).to(memory_format=torch.channels_last)
     # Parameters here are plain leaves; a wide network's are already member-major.
     params: list[torch.Tensor] = list(wide.parameters())
-    return StackedModels(wide, params, len(models), "stacked", _matrices(models[0]))
+    return StackedModels(wide, params, len(models), "stacked", weight_matrices(models[0]))
 
 
 class _Output(nn.Module):
@@ -463,10 +459,16 @@ def _drawing_from(generator: torch.Generator) -> Iterator[None]:
 def _vmapped(models: Sequence[nn.Module], generators: list[torch.Generator]) -> StackedModels:
     if _has_dropout(models[0]):
         raise _NotStackable("vmap draws dropout masks for all members at once, not per member")
-    module = _Functional(models, vectorized=True, generators=generators)
-    return StackedModels(module, list(module.stacked), len(models), "vmap", _matrices(models[0]))
+    return _functional(models, generators, "vmap")
 
 
 def _looped(models: Sequence[nn.Module], generators: list[torch.Generator]) -> StackedModels:
-    module = _Functional(models, vectorized=False, generators=generators)
-    return StackedModels(module, list(module.stacked), len(models), "loop", _matrices(models[0]))
+    return _functional(models, generators, "loop")
+
+
+def _functional(
+    models: Sequence[nn.Module], generators: list[torch.Generator], path: Path
+) -> StackedModels:
+    module = _Functional(models, vectorized=path == "vmap", generators=generators)
+    params = list(module.stacked)
+    return StackedModels(module, params, len(models), path, weight_matrices(models[0]))
