@@ -43,6 +43,9 @@ from lrsearch.optim import weight_matrices
 __all__ = ["StackedModels", "stack_models"]
 
 Path = Literal["stacked", "vmap", "loop"]
+# Dropout generators are seeded past every initialisation seed (at most 2**32 - 1), so a
+# member's masks never replay the random numbers its weights were drawn from.
+DROPOUT_STREAM = 2**32
 
 
 class _Layout(enum.Enum):
@@ -107,11 +110,12 @@ def stack_models(
     seeds = list(range(len(models))) if seeds is None else list(seeds)
     if len(seeds) != len(models):
         raise ValueError(f"{len(seeds)} seeds for {len(models)} models")
-    device = next(models[0].parameters()).device
     reasons = []
     for name, build in (("stacked", _stacked), ("vmap", _vmapped), ("loop", _looped)):
         try:
-            generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+            generators = [
+                torch.Generator(probe.device).manual_seed(DROPOUT_STREAM + seed) for seed in seeds
+            ]
             candidate = build(models, generators)
             _check(candidate, models, probe)
             return candidate
