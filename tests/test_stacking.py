@@ -130,6 +130,15 @@ def signal_net() -> nn.Module:
     )
 
 
+def sequence_mlp() -> nn.Module:
+    """Linear layers and a layer norm on [B, T, F] sequences of features."""
+    return nn.Sequential(nn.Linear(5, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 3))
+
+
+def sequences(generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(6, 7, 5, generator=generator)
+
+
 def tokens(generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 13, (6, 12), generator=generator)
 
@@ -146,6 +155,7 @@ TRANSFORMER_CASES = [
     (char_gpt, tokens, "stacked"),
     (resnet_digits, digits, "stacked"),
     (signal_net, signals, "stacked"),
+    (sequence_mlp, sequences, "stacked"),
 ]
 
 
