@@ -11,7 +11,7 @@ from torch import nn
 
 from examples.custom_task import mlp
 from lrsearch.models import CharGPT, resnet_digits
-from lrsearch.stacking import stack_models
+from lrsearch.stacking import StackedModels, stack_models
 from lrsearch.tasks import lenet, small_cnn, small_resnet
 
 MEMBERS = 3
@@ -55,6 +55,16 @@ def members(factory: Callable[[], nn.Module]) -> list[nn.Module]:
     return built
 
 
+def assert_members_gradients(stacked: StackedModels, models: list[nn.Module]) -> None:
+    """Each member's rows of every stacked gradient equal its own model's gradient."""
+    for param, *own in zip(stacked.params, *(m.parameters() for m in models), strict=True):
+        assert param.grad is not None
+        rows = param.grad.reshape(MEMBERS, -1)
+        for k, member_param in enumerate(own):
+            assert member_param.grad is not None
+            torch.testing.assert_close(rows[k], member_param.grad.flatten(), rtol=1e-4, atol=1e-5)
+
+
 CASES = [
     (lenet, (1, 28, 28), "stacked"),
     (small_cnn, (1, 28, 28), "stacked"),
@@ -86,12 +96,7 @@ def test_stacked_models_compute_the_members_outputs_and_gradients(
     losses.view(MEMBERS, -1).mean(dim=1).sum().backward()
     for model in models:
         F.cross_entropy(model(images), labels).backward()
-    for param, *own in zip(stacked.params, *(m.parameters() for m in models), strict=True):
-        assert param.grad is not None
-        rows = param.grad.reshape(MEMBERS, -1)
-        for k, member_param in enumerate(own):
-            assert member_param.grad is not None
-            torch.testing.assert_close(rows[k], member_param.grad.flatten(), rtol=1e-4, atol=1e-5)
+    assert_members_gradients(stacked, models)
 
 
 def test_stacking_leaves_the_members_models_unchanged() -> None:
@@ -180,12 +185,7 @@ def test_embeddings_layer_norms_attention_and_1d_convolutions_stack(
     (outputs * weights).sum().backward()
     for model in models:
         (model(x) * weights).sum().backward()
-    for param, *own in zip(stacked.params, *(m.parameters() for m in models), strict=True):
-        assert param.grad is not None
-        rows = param.grad.reshape(MEMBERS, -1)
-        for k, member_param in enumerate(own):
-            assert member_param.grad is not None
-            torch.testing.assert_close(rows[k], member_param.grad.flatten(), rtol=1e-4, atol=1e-5)
+    assert_members_gradients(stacked, models)
 
 
 def test_weight_matrices_are_told_from_norms_biases_and_embeddings() -> None:
