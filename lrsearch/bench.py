@@ -5,6 +5,9 @@ and read through torchvision, with the same batch size and epochs, in one proces
 run by run so that a busy machine slows both alike. The classic loop is reference article
 004's, as written: a torchvision data set with ``ToTensor`` and ``Normalize``, a shuffling
 ``DataLoader``, an epoch-stepped ``MultiStepLR`` and ``loss.item()`` every batch.
+
+A second table times populations of the shared models (lrsearch.models: the char GPT and the
+ResNet on digits) step by step, at each population size in turn, round after round.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
@@ -37,7 +41,10 @@ from torchvision import transforms
 from lrsearch.config import StudyConfig, TaskConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.idx import write_mnist_like
+from lrsearch.models import CharGPT, resnet_digits
+from lrsearch.optim import MemberOptimizer
 from lrsearch.schedules import Constant
+from lrsearch.stacking import stack_models
 from lrsearch.tasks import Task, lenet, load_task
 from lrsearch.training import (
     EpochMetrics,
@@ -55,6 +62,11 @@ DEFAULT_EPOCHS = 15  # studies/fashion_mnist.toml
 QUICK_TASK = "examples.custom_task:build"  # studies/quick.toml, run from the repository root
 QUICK_BATCH = 32
 POPULATIONS = (1, 2, 4, 8, 16)
+# The shared models' workloads, as studies/char_gpt.toml and studies/digits_augment.toml
+# train them: batches of 32, 64 characters of context, a vocabulary of about 96 characters.
+MODEL_BATCH = 32
+GPT_VOCAB = 96
+GPT_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class BenchConfig:
     images: int = 60_000  # training images, as in Fashion-MNIST
     trials: int = 3  # trials of the study that measures Optuna's overhead
     trial_epochs: int = 1  # their length; 15 is the default study's, measured rather than scaled
+    model_steps: int = 20  # timed steps of each shared model's population, per repeat
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -216,6 +229,101 @@ def optuna_overhead(root: Path, config: BenchConfig) -> tuple[float, float]:
     return (span - trained) / len(trials), (span - trained) / span
 
 
+@dataclass(frozen=True)
+class Workload:
+    """A shared model's training step on random data of its study's shapes: the time of a
+    step does not depend on the values."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    inputs: torch.Tensor
+    targets: torch.Tensor  # class ids: one per example, or one per position
+    training: TrainConfig
+
+
+def model_workloads(device: torch.device) -> list[Workload]:
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(GPT_VOCAB, (MODEL_BATCH, GPT_BLOCK + 1), generator=generator)
+    return [
+        Workload(
+            "char GPT",
+            lambda: CharGPT(GPT_VOCAB, GPT_BLOCK),
+            tokens[:, :-1].to(device),
+            tokens[:, 1:].to(device),
+            TrainConfig(optimizer="adamw", weight_decay=0.01),
+        ),
+        Workload(
+            "ResNet digits",
+            resnet_digits,
+            torch.randn(MODEL_BATCH, 1, 8, 8, generator=generator).to(device),
+            torch.randint(10, (MODEL_BATCH,), generator=generator).to(device),
+            TrainConfig(optimizer="sgd", momentum=0.9),
+        ),
+    ]
+
+
+def population_timer(workload: Workload, members: int) -> tuple[Callable[[int], float], str]:
+    """A population's training step as ``train_population`` takes it (stacked forward,
+    per-member cross-entropy, one backward, the member optimizer): a timer of ``n`` steps
+    returning seconds per member-step, and the stacking path the population took."""
+    device = workload.inputs.device
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(workload.build().to(device))
+    stacked = stack_models(models, workload.inputs[:4])
+    optimizer = MemberOptimizer(stacked.params, members, workload.training, stacked.matrices)
+    lr = torch.full((members,), 1e-3, device=device)
+    targets = workload.targets.expand(members, *workload.targets.shape).flatten()
+
+    def step() -> None:
+        logits = stacked.module(workload.inputs).flatten(0, -2).float()
+        losses = F.cross_entropy(logits, targets, reduction="none").view(members, -1)
+        optimizer.zero_grad()
+        optimizer.scaled(losses.mean(dim=1)).sum().backward()  # type: ignore[no-untyped-call]
+        optimizer.step(lr)
+
+    def seconds(steps: int) -> float:
+        _synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+        return (time.perf_counter() - started) / steps / members
+
+    step()  # warm-up: first-call allocations and kernel choices
+    return seconds, stacked.path
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_table(config: BenchConfig, device: torch.device) -> list[str]:
+    """Milliseconds per member-step of each shared model at each population size, and the
+    speedup against its population of one. Every size is timed once a round, in turn, for
+    ``repeats`` rounds (A B A B): a busy machine slows them alike; the median is shown."""
+    timers = {
+        (workload.name, members): population_timer(workload, members)
+        for workload in model_workloads(device)
+        for members in POPULATIONS
+    }
+    seconds: dict[tuple[str, int], list[float]] = {key: [] for key in timers}
+    for _ in range(config.repeats):
+        for key, (timer, _path) in timers.items():
+            seconds[key].append(timer(config.model_steps))
+            print(f"{key[0]} population {key[1]}: {seconds[key][-1] * 1e3:.2f} ms", file=sys.stderr)
+    cells = []
+    for (name, members), (_timer, path) in timers.items():
+        base = statistics.median(seconds[(name, 1)])
+        median = statistics.median(seconds[(name, members)])
+        cells.append(
+            (f"{name} population {members}", path, f"{median * 1e3:.2f}", f"{base / median:.2f}x")
+        )
+    return _columns(("model", "path", "ms/member-step", "speedup"), cells)
+
+
 def _peak_rss_mib() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     scale = 1 if sys.platform == "darwin" else 1024
@@ -318,6 +426,11 @@ def run(config: BenchConfig, command: str) -> str:
             f"{overhead / (overhead + DEFAULT_EPOCHS * default_epoch):.2%}",
             f"data set on the device: {held / 2**20:.1f} MiB = {held / uint8:.2f}x its uint8 "
             "images",
+            "",
+            f"shared models (lrsearch.models), batch {MODEL_BATCH}, random data, "
+            f"{config.model_steps} steps x {config.repeats} rounds: milliseconds per "
+            "member-step (one model's step), speedup against each model's population 1",
+            *model_table(config, device),
         ]
     )
 
@@ -327,7 +440,7 @@ def _format_table(rows: list[Row]) -> list[str]:
     quick = [r.epoch_seconds for r in rows if r.loop.startswith("quick MLP")]
     bases = {"": rows[0].epoch_seconds, "quick": quick[0] if quick else math.nan}
     header = ("loop", "epoch s", "images/s", "speedup", "peak RSS MiB", "peak device MiB")
-    cells = [
+    cells: list[tuple[str, ...]] = [
         (
             row.loop,
             f"{row.epoch_seconds:.3f}",
@@ -338,6 +451,11 @@ def _format_table(rows: list[Row]) -> list[str]:
         )
         for row in rows
     ]
+    return _columns(header, cells)
+
+
+def _columns(header: tuple[str, ...], cells: Sequence[tuple[str, ...]]) -> list[str]:
+    """A text table: the first column left-aligned, the others right-aligned."""
     widths = [max(len(line[i]) for line in (header, *cells)) for i in range(len(header))]
     return [
         "  ".join(

@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--images", 60_000, "training images, as in Fashion-MNIST"),
         ("--trials", 3, "trials of the study that measures Optuna's overhead"),
         ("--trial-epochs", 1, "epochs of each of those trials"),
+        ("--model-steps", 20, "timed steps of each population of the char GPT and the ResNet"),
         ("--device", "auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"),
     ):
         bench.add_argument(option, type=type(default), default=default, help=help_text)

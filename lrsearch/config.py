@@ -67,6 +67,16 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
     weight_decay: float = 0.0
+    # False: weight decay only on weight matrices (parameters of two or more dimensions), not
+    # on norms, biases or embeddings, as minGPT and nanoGPT do for transformers.
+    decay_all: bool = True
+    beta1: float = 0.9  # Adam and AdamW; torch.optim's defaults
+    beta2: float = 0.999
+    eps: float = 1e-8
+    # Each member's gradients clipped to this global norm (clip_grad_norm_); None: no clipping.
+    clip_norm: float | None = None
+    # Micro-batches of batch_size summed into one optimizer step (and one schedule step).
+    accumulate: int = 1
     # Not larger: on a 2-core CPU 1024 evaluates 10,000 images in 0.17 s, 4096 in 0.30 s.
     eval_batch_size: int = 1024
     # A trial diverged when its loss is not finite or exceeds this many times
@@ -81,11 +91,14 @@ class TrainConfig:
     # CPU with AMX, bf16=True makes LeNet steps 8-12% faster but the quick study's small MLP 30%
     # slower (BENCHMARKS.md): it depends on the model, so on a CPU it is opted into.
     bf16: bool | None = None
+    # float16 autocast with a loss scaler per member (torch.amp.GradScaler's rules); CUDA only.
+    fp16: bool = False
 
     def __post_init__(self) -> None:
         for name in (
             "epochs",
             "batch_size",
+            "accumulate",
             "eval_batch_size",
             "check_every",
             "population",
@@ -98,6 +111,15 @@ class TrainConfig:
             raise LrsearchError(f"training.momentum={self.momentum} must be in [0, 1)")
         if self.weight_decay < 0:
             raise LrsearchError(f"training.weight_decay={self.weight_decay} must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise LrsearchError(f"training.{name}={getattr(self, name)} must be in [0, 1)")
+        if self.eps <= 0:
+            raise LrsearchError(f"training.eps={self.eps} must be > 0")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise LrsearchError(f"training.clip_norm={self.clip_norm} must be > 0")
+        if self.fp16 and self.bf16:
+            raise LrsearchError("training.fp16 and training.bf16 cannot both be true")
         if self.divergence_factor <= 1:
             raise LrsearchError(f"training.divergence_factor={self.divergence_factor} must be > 1")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):

@@ -27,10 +27,10 @@ import torch
 
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
-from lrsearch.optim import MemberOptimizer
+from lrsearch.optim import MemberOptimizer, weight_matrices
 from lrsearch.space import LR_RANGE_ATTR
 from lrsearch.tasks import Task
-from lrsearch.training import TrainConfig, steps_per_epoch, uses_bf16
+from lrsearch.training import TrainConfig, autocast_dtype, steps_per_epoch
 
 __all__ = [
     "LrRange",
@@ -222,9 +222,9 @@ def find_lr(
     per_epoch = steps_per_epoch(task, config)
     torch.manual_seed(seed)
     model = task.build_model().to(device)
-    optimizer = MemberOptimizer(list(model.parameters()), 1, config)
+    optimizer = MemberOptimizer(list(model.parameters()), 1, config, weight_matrices(model))
     shuffle = torch.Generator(device=device).manual_seed(seed)
-    bf16 = uses_bf16(config.bf16, device)
+    amp = autocast_dtype(config, device)  # a trial's precision, fp16 with its loss scaler
     lrs = np.geomspace(start, end, steps)
     losses: list[float] = []
     started = time.perf_counter()
@@ -235,11 +235,11 @@ def find_lr(
             batches = order[: per_epoch * config.batch_size].view(per_epoch, config.batch_size)
         batch = batches[step % per_epoch]
         labels = task.train_labels.index_select(0, batch)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(task.normalize(task.train_images.index_select(0, batch)))
         loss = task.loss(logits.float(), labels).mean()
         optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.scaled(loss.view(1)).sum().backward()  # type: ignore[no-untyped-call]
         optimizer.step(torch.tensor([lr], dtype=torch.float32, device=device))
         losses.append(float(loss.detach()))
         if _blow_up(_smooth(np.asarray(losses), _per_decade(lrs))) is not None:

@@ -33,12 +33,14 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         *lead, length, width = x.shape
+        # One batch dimension in front: the fused (flash) CPU kernel takes 4-D inputs only, a
+        # member axis in front of the batch would send it to the slower math path.
         q, k, v = (
-            part.reshape(*lead, length, self.n_head, width // self.n_head).transpose(-3, -2)
+            part.reshape(-1, length, self.n_head, width // self.n_head).transpose(1, 2)
             for part in self.qkv(x).split(width, dim=-1)
         )
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(-3, -2).reshape(*lead, length, width)
+        y = y.transpose(1, 2).reshape(*lead, length, width)
         out: torch.Tensor = self.dropout(self.proj(y))
         return out
 

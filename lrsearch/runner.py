@@ -61,14 +61,15 @@ from lrsearch.study import (
 from lrsearch.tasks import Metric, Task, load_task
 from lrsearch.thumbnail import attach_lr_curve
 from lrsearch.training import (
+    PRECISION_NAMES,
     EpochMetrics,
     Member,
     TrainResult,
+    autocast_dtype,
     population_size,
     resolve_device,
     steps_per_epoch,
     train_population,
-    uses_bf16,
 )
 from lrsearch.verdict import verdict_rows
 
@@ -290,6 +291,7 @@ def load_study_task(config: StudyConfig) -> Task:
     )
     steps_per_epoch(task, config.training)
     objective_metric(config, task)
+    autocast_dtype(config.training, task.device)  # fp16 off CUDA fails here
     return task
 
 
@@ -431,7 +433,7 @@ def _run_population(
             "batch_size": training.batch_size,
             "optimizer": training.optimizer,
             "device": str(device),
-            "precision": "bf16" if uses_bf16(training.bf16, device) else "fp32",
+            "precision": PRECISION_NAMES[autocast_dtype(training, device)],
             "seeds": seeds,
             "objective": config.objective,
             HIGHER_IS_BETTER_ATTR: metric.higher_is_better,

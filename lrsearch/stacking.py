@@ -4,23 +4,33 @@ Three ways, tried in this order, each checked against the members' own models on
 batch before it is used, so a model that one way cannot express falls through to the next:
 
 - ``stacked``: the network rebuilt wide. The first layer reads the shared input once with K
-  times the outputs; later convolutions become grouped (``groups=K``), batch norms K times
-  as wide, linear layers batched matmuls (``baddbmm``). On a 2-core CPU this is the way that
-  pays: small layers become large ones (BENCHMARKS.md).
+  times the outputs; later convolutions (1-D and 2-D) become grouped (``groups=K``), batch
+  norms K times as wide, linear layers batched matmuls (``baddbmm``); embeddings read the
+  shared token ids from K tables at once, layer norms and linear layers act on ``[K, ...]``
+  activations, and a block of the model's own (a residual unit, a transformer block, the
+  model itself) keeps its forward with its children made wide. On a 2-core CPU this is the
+  way that pays: small layers become large ones (BENCHMARKS.md).
 - ``vmap``: ``torch.func.stack_module_state`` + ``vmap`` + ``functional_call``, for models
   built from layers the first way does not know.
 - ``loop``: the same stacked parameters, each member's slice run in turn by
   ``functional_call``: slow, and always correct.
 
 Every way keeps the parameters as tensors whose first dimension is member-major (member k's
-rows are ``k * rows .. (k + 1) * rows - 1``), so one optimizer serves them all.
+rows are ``k * rows .. (k + 1) * rows - 1``), in the order of the members' own parameters,
+so one optimizer serves them all.
+
+Dropout: a member must train as it would alone, whatever the population's size, so each
+member draws its ``nn.Dropout`` masks from a generator of its own, seeded from its seed. The
+stacked way draws them per member; the loop runs each member on its own random stream;
+``vmap``, which draws for all members at once, is skipped for a model with dropout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,9 +38,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from lrsearch.optim import weight_matrices
+
 __all__ = ["StackedModels", "stack_models"]
 
 Path = Literal["stacked", "vmap", "loop"]
+# Dropout generators are seeded past every initialisation seed (at most 2**32 - 1), so a
+# member's masks never replay the random numbers its weights were drawn from.
+DROPOUT_STREAM = 2**32
 
 
 class _Layout(enum.Enum):
@@ -56,32 +71,52 @@ _CHANNEL_WISE = (
     nn.Sigmoid,
     nn.ELU,
     nn.Identity,
-    nn.Dropout,
 )
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOLS = (
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
 
 
 @dataclass(frozen=True)
 class StackedModels:
-    """K models' forward pass as one call returning logits ``[K, B, classes]``."""
+    """K models' forward pass as one call returning outputs ``[K, B, ...]``."""
 
     module: nn.Module
     params: list[torch.Tensor]  # leaves with a member-major first dimension
     members: int
     path: Path
+    # params[i] is a weight matrix (two or more dimensions, not an embedding): what weight
+    # decay is limited to when it skips norms, biases and embeddings.
+    matrices: list[bool]
 
 
-def stack_models(models: Sequence[nn.Module], probe: torch.Tensor) -> StackedModels:
+def stack_models(
+    models: Sequence[nn.Module], probe: torch.Tensor, seeds: Sequence[int] | None = None
+) -> StackedModels:
     """Stack ``models`` (same architecture, one per member) the fastest way that is correct.
 
-    ``probe`` is a small normalized input batch: each candidate's output on it must match the
-    members' own models, in eval mode, before the candidate is used; a train-mode forward and
-    backward must also run. The models' parameters are copied, the models left unchanged.
+    ``probe`` is a small input batch, as training feeds it: each candidate's output on it
+    must match the members' own models, in eval mode, before the candidate is used; a
+    train-mode forward and backward must also run. The models' parameters are copied, the
+    models left unchanged. ``seeds`` (default 0, 1, ...) seed each member's dropout masks.
     """
+    seeds = list(range(len(models))) if seeds is None else list(seeds)
+    if len(seeds) != len(models):
+        raise ValueError(f"{len(seeds)} seeds for {len(models)} models")
     reasons = []
     for name, build in (("stacked", _stacked), ("vmap", _vmapped), ("loop", _looped)):
         try:
-            candidate = build(models)
+            generators = [
+                torch.Generator(probe.device).manual_seed(DROPOUT_STREAM + seed) for seed in seeds
+            ]
+            candidate = build(models, generators)
             _check(candidate, models, probe)
             return candidate
         except Exception as error:  # any failure of one way means: try the next
@@ -89,7 +124,14 @@ def stack_models(models: Sequence[nn.Module], probe: torch.Tensor) -> StackedMod
     raise RuntimeError("the model cannot be trained as a population (" + "; ".join(reasons) + ")")
 
 
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+
+
 def _check(candidate: StackedModels, models: Sequence[nn.Module], probe: torch.Tensor) -> None:
+    own = list(models[0].parameters())
+    if [p.numel() for p in candidate.params] != [p.numel() * len(models) for p in own]:
+        raise _NotStackable("its parameters do not match the members' one for one")
     buffers = {name: b.clone() for name, b in candidate.module.named_buffers()}
     with torch.no_grad():
         candidate.module.eval()
@@ -113,17 +155,18 @@ def _check(candidate: StackedModels, models: Sequence[nn.Module], probe: torch.T
 # ----- stacked: the network rebuilt wide -----
 
 
-def _stacked(models: Sequence[nn.Module]) -> StackedModels:
-    module, layout = _wide(list(models), _Layout.SHARED)
+def _stacked(models: Sequence[nn.Module], generators: list[torch.Generator]) -> StackedModels:
+    module, layout = _wide(list(models), _Layout.SHARED, generators)
     # NHWC convolutions: 16% faster LeNet steps on a 2-core CPU (BENCHMARKS.md), and the
     # layout bf16 tensor-core convolutions run in on CUDA.
     wide = _Output(module, layout, len(models)).to(memory_format=torch.channels_last)
     # Parameters here are plain leaves; a wide network's are already member-major.
-    return StackedModels(wide, list(wide.parameters()), len(models), "stacked")
+    params: list[torch.Tensor] = list(wide.parameters())
+    return StackedModels(wide, params, len(models), "stacked", weight_matrices(models[0]))
 
 
 class _Output(nn.Module):
-    """Logits as ``[K, B, classes]`` whatever layout the last layer left."""
+    """Outputs as ``[K, B, ...]`` whatever layout the last layer left."""
 
     def __init__(self, net: nn.Module, layout: _Layout, members: int) -> None:
         super().__init__()
@@ -138,7 +181,9 @@ class _Output(nn.Module):
         return out
 
 
-def _wide(models: list[nn.Module], layout: _Layout) -> tuple[nn.Module, _Layout]:
+def _wide(
+    models: list[nn.Module], layout: _Layout, generators: list[torch.Generator]
+) -> tuple[nn.Module, _Layout]:
     """The members' copies of one layer as one wide layer, and the layout it outputs."""
     first = models[0]
     if any(type(m) is not type(first) for m in models):
@@ -146,13 +191,19 @@ def _wide(models: list[nn.Module], layout: _Layout) -> tuple[nn.Module, _Layout]
     if isinstance(first, nn.Sequential):
         layers = []
         for parts in zip(*(list(m.children()) for m in models), strict=True):
-            layer, layout = _wide(list(parts), layout)
+            layer, layout = _wide(list(parts), layout, generators)
             layers.append(layer)
         return nn.Sequential(*layers), layout
-    if isinstance(first, nn.Conv2d):
+    if isinstance(first, (nn.Conv1d, nn.Conv2d)):
         return _wide_conv(models, layout), _Layout.GROUPED
     if isinstance(first, nn.Linear):
         return _WideLinear(models, layout), _Layout.MEMBER
+    if isinstance(first, nn.Embedding):  # reads token ids, which every member shares
+        return _WideEmbedding(models), _Layout.MEMBER
+    if isinstance(first, nn.LayerNorm) and layout is _Layout.MEMBER:
+        return _WideLayerNorm(models), layout
+    if isinstance(first, nn.Dropout) and layout is not _Layout.SHARED:
+        return _MemberDropout(first.p, generators, layout), layout
     if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)) and layout is _Layout.GROUPED:
         return _wide_batch_norm(models), layout
     if isinstance(first, nn.Flatten) and first.start_dim == 1 and first.end_dim == -1:
@@ -161,27 +212,38 @@ def _wide(models: list[nn.Module], layout: _Layout) -> tuple[nn.Module, _Layout]
         return copy.deepcopy(first), layout
     if isinstance(first, _POOLS) and layout is not _Layout.MEMBER:
         return copy.deepcopy(first), layout
-    if layout is _Layout.GROUPED and any(True for _ in first.children()):
-        # A block of its own (a residual unit): its children made wide, its forward kept.
-        # The probe check rejects a forward that mixes channels (a concatenation, a view).
-        block = copy.deepcopy(first)
-        for name, _ in first.named_children():
-            child, child_layout = _wide([getattr(m, name) for m in models], _Layout.GROUPED)
-            if child_layout is not _Layout.GROUPED:
-                raise _NotStackable(f"{type(first).__name__}.{name} leaves the channel layout")
-            setattr(block, name, child)
-        return block, layout
+    if any(True for _ in first.children()) and not any(True for _ in first.parameters(False)):
+        return _wide_block(models, layout, generators)
     raise _NotStackable(f"{type(first).__name__} after a {layout.value} layout")
 
 
-def _wide_conv(models: list[nn.Module], layout: _Layout) -> nn.Conv2d:
-    convs = [m for m in models if isinstance(m, nn.Conv2d)]
+def _wide_block(
+    models: list[nn.Module], layout: _Layout, generators: list[torch.Generator]
+) -> tuple[nn.Module, _Layout]:
+    """A block of the model's own (a residual unit, a transformer block): its children made
+    wide, its forward kept. In the channel layout every child must keep it; otherwise the
+    children act on ``[K, ...]`` activations (or read shared token ids), which needs a forward
+    that leaves leading dimensions alone. The probe check rejects a forward that mixes
+    members (a concatenation of channels, a view of the batch)."""
+    first = models[0]
+    block = copy.deepcopy(first)
+    inner = _Layout.GROUPED if layout is _Layout.GROUPED else _Layout.MEMBER
+    for name, _ in first.named_children():
+        child, child_layout = _wide([getattr(m, name) for m in models], inner, generators)
+        if child_layout is not inner:
+            raise _NotStackable(f"{type(first).__name__}.{name} leaves the {inner.value} layout")
+        setattr(block, name, child)
+    return block, inner
+
+
+def _wide_conv(models: list[nn.Module], layout: _Layout) -> nn.Module:
+    convs = [m for m in models if isinstance(m, (nn.Conv1d, nn.Conv2d))]
     first = convs[0]
     if layout is _Layout.MEMBER or (layout is _Layout.SHARED and first.groups != 1):
         raise _NotStackable("a convolution after a linear layer, or grouped on the input")
     members = len(convs)
     shared = layout is _Layout.SHARED
-    wide = nn.Conv2d(
+    wide = type(first)(
         first.in_channels * (1 if shared else members),
         first.out_channels * members,
         first.kernel_size,  # type: ignore[arg-type]
@@ -225,7 +287,7 @@ def _wide_batch_norm(models: list[nn.Module]) -> nn.Module:
 
 class _WideLinear(nn.Module):
     """K linear layers: one matmul with K times the outputs when the input is shared,
-    a batched matmul (``baddbmm``) otherwise; outputs ``[K, B, out]``."""
+    a batched matmul (``baddbmm``) otherwise; outputs ``[K, B, ..., out]``."""
 
     def __init__(self, models: list[nn.Module], layout: _Layout) -> None:
         super().__init__()
@@ -245,13 +307,83 @@ class _WideLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout is _Layout.SHARED:
             out = nn.functional.linear(x, self.weight, self.bias)
-            return out.view(x.shape[0], self.members, self.out_features).transpose(0, 1)
+            return out.view(*x.shape[:-1], self.members, self.out_features).movedim(-2, 0)
         if self.layout is _Layout.GROUPED:
             x = x.view(x.shape[0], self.members, -1).transpose(0, 1)
+        lead = x.shape[1:-1]  # [K, B, ..., in] -> [K, rows, in] for one batched matmul
+        x = x.reshape(self.members, -1, x.shape[-1])
         weight = self.weight.transpose(1, 2)
-        if self.bias is None:
-            return torch.bmm(x, weight)
-        return torch.baddbmm(self.bias, x, weight)
+        out = torch.bmm(x, weight) if self.bias is None else torch.baddbmm(self.bias, x, weight)
+        return out.view(self.members, *lead, self.out_features)
+
+
+class _WideEmbedding(nn.Module):
+    """K embedding tables as one ``[K * rows, dim]`` table: member k looks up ids offset by
+    ``k * rows``; reads shared ids ``[...]``, outputs ``[K, ..., dim]``."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        tables = [m for m in models if isinstance(m, nn.Embedding)]
+        first = tables[0]
+        if first.padding_idx is not None or first.max_norm is not None or first.sparse:
+            raise _NotStackable("an embedding with padding_idx, max_norm or sparse gradients")
+        self.members, self.rows = len(tables), first.num_embeddings
+        self.weight = nn.Parameter(torch.cat([m.weight.detach() for m in tables]))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        offsets = torch.arange(self.members, device=ids.device) * self.rows
+        offsets = offsets.view(-1, *(1,) * ids.dim())
+        return nn.functional.embedding(ids.unsqueeze(0) + offsets, self.weight)
+
+
+class _WideLayerNorm(nn.Module):
+    """K layer norms over the last dimension of ``[K, ..., C]``: one normalisation for all,
+    then each member's scale and shift."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        norms = [m for m in models if isinstance(m, nn.LayerNorm)]
+        first = norms[0]
+        if len(first.normalized_shape) != 1:
+            raise _NotStackable("a layer norm over more than the last dimension")
+        self.shape, self.eps = first.normalized_shape, first.eps
+        self.weight = self.bias = None
+        if first.weight is not None:
+            self.weight = nn.Parameter(torch.stack([n.weight.detach() for n in norms]))
+        if first.bias is not None:
+            self.bias = nn.Parameter(torch.stack([n.bias.detach() for n in norms]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.layer_norm(x, self.shape, eps=self.eps)
+        broadcast = (x.shape[0], *(1,) * (x.dim() - 2), x.shape[-1])
+        if self.weight is not None:
+            out = out * self.weight.view(broadcast)
+        if self.bias is not None:
+            out = out + self.bias.view(broadcast)
+        return out
+
+
+class _MemberDropout(nn.Module):
+    """Dropout with each member's masks from its own generator, drawn in the shape of one
+    member's activations: the same masks at any population size."""
+
+    def __init__(self, p: float, generators: list[torch.Generator], layout: _Layout) -> None:
+        super().__init__()
+        self.p, self.generators, self.layout = p, generators, layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        members = len(self.generators)
+        # The member axis: 0 of [K, B, ...], or 1 of [B, K * C, ...] seen as [B, K, C, ...].
+        axis = 0 if self.layout is _Layout.MEMBER else 1
+        view = x if axis == 0 else x.reshape(x.shape[0], members, -1, *x.shape[2:])
+        shape = view.shape[:axis] + view.shape[axis + 1 :]
+        draws = [
+            torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - self.p, generator=g)
+            for g in self.generators
+        ]
+        return (view * torch.stack(draws, dim=axis) / (1 - self.p)).reshape(x.shape)
 
 
 class _FlattenMembers(nn.Module):
@@ -265,8 +397,11 @@ class _FlattenMembers(nn.Module):
 class _Functional(nn.Module):
     """The members' parameters and buffers stacked ``[K, ...]``, applied to one template."""
 
-    def __init__(self, models: Sequence[nn.Module], vectorized: bool) -> None:
+    def __init__(
+        self, models: Sequence[nn.Module], vectorized: bool, generators: list[torch.Generator]
+    ) -> None:
         super().__init__()
+        self.generators = generators if _has_dropout(models[0]) else None
         params, buffers = stack_module_state(list(models))
         self.names = list(params)
         self.buffer_names = list(buffers)
@@ -297,16 +432,47 @@ class _Functional(nn.Module):
         if self.vectorized:
             out: torch.Tensor = vmap(one, randomness="different")(params, buffers)
             return out
-        return torch.stack(
-            [one([p[k] for p in params], [b[k] for b in buffers]) for k in range(len(params[0]))]
-        )
+        outs = []
+        for k in range(len(params[0])):
+            stream: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+            if self.generators is not None and self.training:
+                stream = _drawing_from(self.generators[k])
+            with stream:
+                outs.append(one([p[k] for p in params], [b[k] for b in buffers]))
+        return torch.stack(outs)
 
 
-def _vmapped(models: Sequence[nn.Module]) -> StackedModels:
-    module = _Functional(models, vectorized=True)
-    return StackedModels(module, list(module.stacked), len(models), "vmap")
+@contextlib.contextmanager
+def _drawing_from(generator: torch.Generator) -> Iterator[None]:
+    """Random draws on ``generator``'s device come from its stream, which then moves on."""
+    device = generator.device
+    default = (
+        torch.cuda.default_generators[device.index or 0]
+        if device.type == "cuda"
+        else torch.default_generator
+    )
+    saved = default.get_state()
+    default.set_state(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(default.get_state())
+        default.set_state(saved)
 
 
-def _looped(models: Sequence[nn.Module]) -> StackedModels:
-    module = _Functional(models, vectorized=False)
-    return StackedModels(module, list(module.stacked), len(models), "loop")
+def _vmapped(models: Sequence[nn.Module], generators: list[torch.Generator]) -> StackedModels:
+    if _has_dropout(models[0]):
+        raise _NotStackable("vmap draws dropout masks for all members at once, not per member")
+    return _functional(models, generators, "vmap")
+
+
+def _looped(models: Sequence[nn.Module], generators: list[torch.Generator]) -> StackedModels:
+    return _functional(models, generators, "loop")
+
+
+def _functional(
+    models: Sequence[nn.Module], generators: list[torch.Generator], path: Path
+) -> StackedModels:
+    module = _Functional(models, vectorized=path == "vmap", generators=generators)
+    params = list(module.stacked)
+    return StackedModels(module, params, len(models), path, weight_matrices(models[0]))

@@ -55,6 +55,15 @@ HIGHER_IS_BETTER_ATTR = "higher_is_better"  # on each trial: its objective's way
 DEFINITION_ATTR = "definition"
 # Settings added to the definition after studies existed, with the value those studies had.
 ADDED_SETTINGS = {"seeds": 1, "objective": "val_accuracy"}
+# The [training] settings added since, likewise.
+ADDED_TRAINING = {
+    "decay_all": True,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "eps": 1e-8,
+    "clip_norm": None,
+    "accumulate": 1,
+}
 SEEDS_ATTR = "train_seeds"  # the seeds every trial trains with, set when the study is created
 
 
@@ -178,7 +187,11 @@ def check_definition(
     """
     stored = study.user_attrs.get(DEFINITION_ATTR)
     if stored is not None:  # a study from before a setting existed had that setting's default
-        stored = {**ADDED_SETTINGS, **stored}
+        stored = {
+            **ADDED_SETTINGS,
+            **stored,
+            "training": {**ADDED_TRAINING, **stored.get("training", {})},
+        }
     definition = study_definition(config)
     if any_epochs and stored is not None:
         definition["training"]["epochs"] = stored.get("training", {}).get("epochs")
@@ -214,6 +227,7 @@ def study_definition(config: StudyConfig) -> dict[str, Any]:
                     "momentum",
                     "nesterov",
                     "weight_decay",
+                    *ADDED_TRAINING,
                     "divergence_factor",
                 )
             },

@@ -43,11 +43,13 @@ from lrsearch.stacking import StackedModels, stack_models
 from lrsearch.tasks import PerExample, Task
 
 __all__ = [
+    "PRECISION_NAMES",
     "EpochMetrics",
     "Member",
     "PopulationResult",
     "TrainConfig",
     "TrainResult",
+    "autocast_dtype",
     "population_size",
     "resolve_device",
     "steps_per_epoch",
@@ -184,8 +186,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def steps_per_epoch(task: Task, config: TrainConfig) -> int:
-    """In memory, full batches only: the last partial batch is dropped, so every step has one
-    shape. Streamed, the task's step budget shared out over ``config.epochs`` evaluations."""
+    """Optimizer steps per evaluation, of ``accumulate`` batches each. In memory, full batches
+    only: the rest of the epoch is dropped, so every step has one shape. Streamed, the task's
+    step budget (optimizer steps) shared out over ``config.epochs`` evaluations."""
     if task.steps is not None:
         if task.steps < config.epochs:
             raise LrsearchError(
@@ -193,10 +196,11 @@ def steps_per_epoch(task: Task, config: TrainConfig) -> int:
                 f"training.epochs={config.epochs} evaluations; lower the epochs"
             )
         return task.steps // config.epochs
-    steps = len(task.train_labels) // config.batch_size
+    steps = len(task.train_labels) // (config.batch_size * config.accumulate)
     if steps < 1:
+        accumulate = f" x training.accumulate={config.accumulate}" * (config.accumulate > 1)
         raise LrsearchError(
-            f"training.batch_size={config.batch_size} is larger than the "
+            f"training.batch_size={config.batch_size}{accumulate} is larger than the "
             f"{len(task.train_labels)} training examples"
         )
     return steps
@@ -210,9 +214,26 @@ def uses_bf16(bf16: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[object]:
-    """bf16 keeps float32's range, so unlike float16 it needs no loss scaling."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast precision, None for float32. float16 needs its loss scaler, which only
+    pays on CUDA's float16 tensor cores; bf16 keeps float32's range and needs none."""
+    if config.fp16:
+        if device.type != "cuda":
+            raise LrsearchError(
+                f"training.fp16 needs a CUDA device, this run is on {device.type}; "
+                "leave it out, or set training.bf16 = true"
+            )
+        return torch.float16
+    return torch.bfloat16 if uses_bf16(config.bf16, device) else None
+
+
+def _autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[object]:
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _per_member(figure: PerExample, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -229,7 +250,7 @@ def _evaluate(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     config: TrainConfig,
-    bf16: bool,
+    amp: torch.dtype | None,  # the autocast precision, None for float32
 ) -> dict[str, npt.NDArray[np.float64]]:
     """Each member's per-example figures ``[K, N]`` for every metric: one host sync.
 
@@ -243,7 +264,7 @@ def _evaluate(
     }
     for start in range(0, len(targets), batch):
         chunk = targets[start : start + batch]
-        with _autocast(targets.device, bf16):
+        with _autocast(targets.device, amp):
             outputs = stacked.module(task.normalize(inputs[start : start + batch]))
         for name, metric in task.metrics.items():
             figures[name][:, start : start + batch] = _per_member(
@@ -265,21 +286,23 @@ def _models(task: Task, members: Sequence[Member]) -> StackedModels:
             torch.manual_seed(member.seed)
             models.append(task.build_model().to(task.device))
         probe = task.val_images[:4]
-        return stack_models(models, task.normalize(probe))
+        return stack_models(models, task.normalize(probe), [member.seed for member in members])
 
 
 def _batches(
     task: Task, config: TrainConfig, per_epoch: int, shuffle: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The training batches in order, every epoch's: a device permutation per epoch of the
-    data in memory, or the task's stream."""
+    """The training batches in order, every epoch's (``per_epoch`` optimizer steps of
+    ``accumulate`` batches): a device permutation per epoch of the data in memory, or the
+    task's stream."""
     if task.batches is not None:
         yield from task.stream()
         return
     images, labels = task.train_images, task.train_labels
+    batches = per_epoch * config.accumulate
     while True:
         order = torch.randperm(len(labels), device=labels.device, generator=shuffle)
-        for batch in order[: per_epoch * config.batch_size].view(per_epoch, config.batch_size):
+        for batch in order[: batches * config.batch_size].view(batches, config.batch_size):
             # index_select, not images[batch]: 5 us instead of 33 us for 128 rows on a CPU.
             yield images.index_select(0, batch), labels.index_select(0, batch)
 
@@ -312,7 +335,7 @@ def train_population(
     device = task.device
     count = len(members)
     stacked = _models(task, members)
-    optimizer = MemberOptimizer(stacked.params, count, config)
+    optimizer = MemberOptimizer(stacked.params, count, config, stacked.matrices)
     per_epoch = steps_per_epoch(task, config)
     total = config.epochs * per_epoch
     # Row t holds every member's LR at step t: one contiguous read a step, no host sync.
@@ -321,7 +344,7 @@ def train_population(
     forward: Callable[[torch.Tensor], torch.Tensor] = stacked.module
     if config.compile:  # the training step only: evaluation, once an epoch, stays eager
         forward = torch.compile(stacked.module)
-    bf16 = uses_bf16(config.bf16, device)
+    amp = autocast_dtype(config, device)
     batches = _batches(task, config, per_epoch, torch.Generator(device).manual_seed(data_seed))
     augment = torch.Generator(device).manual_seed(_seed(data_seed, 1))
     # What a model draws from the global generator while training (dropout) starts from the
@@ -335,15 +358,18 @@ def train_population(
     step = 0
     for epoch in range(config.epochs):
         loss_sum = torch.zeros(count, device=device)
-        for inputs, targets in itertools.islice(batches, per_epoch):
-            with _autocast(device, bf16):
-                outputs = forward(task.prepare_batch(inputs, augment))
-            losses = _per_member(task.loss, outputs, targets).mean(dim=1)
+        for _ in range(per_epoch):
             optimizer.zero_grad()
-            losses.sum().backward()  # type: ignore[no-untyped-call]
+            losses = torch.zeros(count, device=device)
+            # Gradients summed over the micro-batches of one optimizer step.
+            for inputs, targets in itertools.islice(batches, config.accumulate):
+                with _autocast(device, amp):
+                    outputs = forward(task.prepare_batch(inputs, augment))
+                micro = _per_member(task.loss, outputs, targets).mean(dim=1) / config.accumulate
+                optimizer.scaled(micro).sum().backward()  # type: ignore[no-untyped-call]
+                losses += micro.detach()
             optimizer.step(lr_table[step] * training)
             step += 1
-            losses = losses.detach()
             worst_loss = torch.maximum(worst_loss, losses)
             training = training * (losses < limit)  # frozen from the step it blew up
             loss_sum += losses
@@ -353,7 +379,7 @@ def train_population(
                 break
         if not track.check(training, worst_loss, step):
             break
-        figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, bf16)
+        figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, amp)
         track.epoch_done(
             epoch + 1, _values(task, figures), figures, (loss_sum / per_epoch).tolist()
         )
@@ -364,9 +390,9 @@ def train_population(
         if not track.any_training():
             break
     if track.evaluated_at != step:
-        figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, bf16)
+        figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, amp)
         track.final_val(_values(task, figures), figures)
-    test = _evaluate(stacked, task, task.test_images, task.test_labels, config, bf16)
+    test = _evaluate(stacked, task, task.test_images, task.test_labels, config, amp)
     return PopulationResult(
         track.results(_values(task, test), test, config.epochs, time.perf_counter() - started),
         stacked.path,

@@ -12,7 +12,10 @@ from lrsearch.training import uses_bf16
 
 
 def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "--images", "1024", "--epochs", "2", "--trials", "1", "--trial-epochs", "2"]
+    argv = [
+        *("bench", "--images", "1024", "--epochs", "2", "--trials", "1", "--trial-epochs", "2"),
+        *("--model-steps", "1"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "command   python -m lrsearch bench --images 1024" in out
@@ -46,6 +49,17 @@ def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert overhead is not None and float(overhead[1]) > 0 and 0 < float(overhead[2]) < 100
     assert "measured over 1 2-epoch trials of a default study" in out
     assert "x its uint8 images" in out
+    models = [
+        re.split(r"\s{2,}", line)
+        for line in out.splitlines()
+        if line.startswith(("char GPT", "ResNet digits"))
+    ]
+    assert [row[0] for row in models] == [
+        f"{name} population {k}" for name in ("char GPT", "ResNet digits") for k in (1, 2, 4, 8, 16)
+    ]
+    assert all(row[1] == "stacked" and float(row[2]) > 0 for row in models)
+    assert models[0][3] == models[5][3] == "1.00x"  # each model against its own population 1
+    assert "1 steps x 1 rounds" in out
 
 
 def test_bench_rejects_a_zero_size(capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,6 +96,14 @@ def test_overrides_apply_by_section_and_are_validated(tmp_path: Path) -> None:
         ("[task]\nval_size = 0", "val_size=0 is not allowed; it must be an integer >= 1"),
         ("[task]\nval_size = 1.5", "val_size=1.5 is not allowed"),
         ("[task]\nval_size = nan", "val_size=nan is not allowed"),
+        ("[training]\nbeta1 = 1.0", "training.beta1=1.0 must be in [0, 1)"),
+        ("[training]\nbeta2 = -0.1", "training.beta2=-0.1 must be in [0, 1)"),
+        ("[training]\neps = 0", "training.eps=0.0 must be > 0"),
+        ("[training]\nclip_norm = -1", "training.clip_norm=-1.0 must be > 0"),
+        ("[training]\nclip_norm = 'no'", "expected a number, or the key left out"),
+        ("[training]\naccumulate = 0", "training.accumulate=0 is not allowed"),
+        ("[training]\ndecay_all = 0", "expected true or false"),
+        ("[training]\nfp16 = true\nbf16 = true", "fp16 and training.bf16 cannot both"),
     ],
 )
 def test_bad_study_files_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -154,3 +162,15 @@ def test_a_config_built_directly_is_checked_too() -> None:
         StudyConfig(name="x", timeout=math.nan)
     with pytest.raises(LrsearchError, match="seed=4294967296"):
         StudyConfig(name="x", seed=2**32)
+
+
+def test_the_transformer_knobs_load_from_the_training_table(tmp_path: Path) -> None:
+    path = tmp_path / "gpt.toml"
+    path.write_text(
+        "[training]\noptimizer = 'adamw'\nbeta2 = 0.95\neps = 1e-9\ndecay_all = false\n"
+        "clip_norm = 1\naccumulate = 4\nfp16 = true\n"
+    )
+    training = load_study_file(path).training
+    assert (training.beta1, training.beta2, training.eps) == (0.9, 0.95, 1e-9)
+    assert (training.decay_all, training.clip_norm, training.accumulate) == (False, 1.0, 4)
+    assert training.fp16 is True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrsearch.optim import MemberOptimizer
+from lrsearch.optim import MemberOptimizer, MemberScaler
 from lrsearch.training import TrainConfig
 
 CONFIGS = [
@@ -14,6 +14,8 @@ CONFIGS = [
     TrainConfig(optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=1e-3),
     TrainConfig(optimizer="adam", weight_decay=1e-2),
     TrainConfig(optimizer="adamw", weight_decay=1e-1),
+    TrainConfig(optimizer="adam", beta1=0.8, beta2=0.95, eps=1e-6),
+    TrainConfig(optimizer="adamw", beta1=0.9, beta2=0.95, eps=1e-10, weight_decay=1e-1),
 ]
 
 
@@ -27,10 +29,18 @@ def torch_optimizer(param: torch.Tensor, lr: float, config: TrainConfig) -> torc
             weight_decay=config.weight_decay,
         )
     kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return kind([param], lr=lr, weight_decay=config.weight_decay)
+    return kind(
+        [param],
+        lr=lr,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.optimizer}-{c.nesterov}")
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda c: f"{c.optimizer}-{c.nesterov}-{c.beta2}-{c.eps}"
+)
 def test_each_member_gets_torch_optims_update_with_its_own_lr(config: TrainConfig) -> None:
     members, rows = 3, 4  # a [members * rows, 5] parameter, member-major like a wide layer
     generator = torch.Generator().manual_seed(0)
@@ -63,3 +73,104 @@ def test_a_member_whose_lr_is_zero_does_not_move_even_with_nan_gradients() -> No
 def test_a_parameter_that_is_not_member_major_is_refused() -> None:
     with pytest.raises(ValueError, match="not member-major"):
         MemberOptimizer([torch.zeros(5, 2)], 2, TrainConfig())
+
+
+def member_rows(param: torch.Tensor, k: int, members: int) -> torch.Tensor:
+    rows = param.shape[0] // members
+    return param[k * rows : (k + 1) * rows]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_clipping_and_decay_of_matrices_only_match_torch_member_by_member(optimizer: str) -> None:
+    """Each member clipped by its own global norm (clip_grad_norm_ over its rows of every
+    parameter), weight decay on matrices only (nanoGPT's two param groups)."""
+    members = 3
+    config = TrainConfig(optimizer=optimizer, weight_decay=0.1, decay_all=False, clip_norm=1.0)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    # A member-major matrix [K * 4, 5], a bias [K, 1, 5] and a matrix [K, 2, 3].
+    shapes = [(members * 4, 5), (members, 1, 5), (members, 2, 3)]
+    matrices = [True, False, True]
+    stacked = [torch.randn(shape, generator=generator).requires_grad_() for shape in shapes]
+    alone = [
+        [member_rows(p, k, members).detach().clone().requires_grad_() for p in stacked]
+        for k in range(members)
+    ]
+    ours = MemberOptimizer(stacked, members, config, matrices)
+    theirs = []
+    for params in alone:
+        decayed = [p for p, matrix in zip(params, matrices, strict=True) if matrix]
+        kept = [p for p, matrix in zip(params, matrices, strict=True) if not matrix]
+        groups = [{"params": decayed}, {"params": kept, "weight_decay": 0.0}]
+        lone = torch_optimizer(decayed[0], 0.1, config)  # the hyperparameters, then the groups
+        lone.param_groups.clear()
+        for group in groups:
+            lone.add_param_group(group)
+        theirs.append(lone)
+    lrs = [[0.1, 0.01, 0.05], [0.2, 0.0, 0.05], [0.05, 0.02, 0.3]]
+    for step, step_lrs in enumerate(lrs):
+        # Gradients on both sides of the clip: member 1 small, the others large.
+        scale = torch.tensor([5.0, 0.01, 1.0 + step]).view(-1, 1)
+        grads = [
+            (torch.randn(shape, generator=generator).reshape(members, -1) * scale).reshape(shape)
+            for shape in shapes
+        ]
+        for param, grad in zip(stacked, grads, strict=True):
+            param.grad = grad.clone()
+        ours.step(torch.tensor(step_lrs))
+        for k, (params, lone) in enumerate(zip(alone, theirs, strict=True)):
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = member_rows(grad, k, members).clone()
+            torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+            for group in lone.param_groups:
+                group["lr"] = step_lrs[k]
+            lone.step()
+    for k, params in enumerate(alone):
+        for param, own in zip(stacked, params, strict=True):
+            torch.testing.assert_close(member_rows(param, k, members), own, rtol=1e-6, atol=1e-7)
+
+
+def test_clip_returns_each_members_own_norm() -> None:
+    param = torch.zeros(2, 2, requires_grad=True)
+    bias = torch.zeros(2, 1, requires_grad=True)
+    optimizer = MemberOptimizer([param, bias], 2, TrainConfig())
+    param.grad = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
+    bias.grad = torch.tensor([[4.0], [0.0]])
+    norms = optimizer.clip(max_norm=1.0)
+    torch.testing.assert_close(norms, torch.tensor([5.0, 0.5]))
+    torch.testing.assert_close(param.grad[0], torch.tensor([3.0, 0.0]) / (5.0 + 1e-6))
+    torch.testing.assert_close(param.grad[1], torch.tensor([0.0, 0.5]))  # under the limit
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fp16_loss_scaling_matches_grad_scaler_member_by_member(optimizer: str) -> None:
+    """torch.amp.GradScaler per member, on a CPU with a small scale (the arithmetic is the
+    same as on CUDA): an overflow skips that member's step alone and halves its scale, two
+    clean steps double it. What runs on CUDA only, fp16 autocast itself, is not tested here."""
+    members, rows, steps = 3, 2, 6
+    config = TrainConfig(optimizer=optimizer, fp16=True, momentum=0.9, clip_norm=5.0)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    stacked = torch.randn(members * rows, 4, generator=generator).requires_grad_()
+    alone = [member_rows(stacked, k, members).detach().clone().requires_grad_() for k in range(3)]
+    ours = MemberOptimizer([stacked], members, config)
+    ours.scaler = MemberScaler(members, stacked.device, init_scale=4.0, growth_interval=2)
+    theirs = [torch_optimizer(p, 0.05, config) for p in alone]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=2) for _ in alone]
+    for step in range(steps):
+        weights = torch.randn(members * rows, 4, generator=generator)
+        if step in (1, 4):  # member 1 overflows, then member 2
+            weights[rows * (step // 3 + 1)] = float("inf")
+        losses = (stacked * weights).reshape(members, -1).sum(dim=1)
+        ours.zero_grad()
+        ours.scaled(losses).sum().backward()
+        ours.step(torch.full((members,), 0.05))
+        for k, (param, lone, scaler) in enumerate(zip(alone, theirs, scalers, strict=True)):
+            lone.zero_grad()
+            scaler.scale((param * member_rows(weights, k, members)).sum()).backward()
+            scaler.unscale_(lone)
+            torch.nn.utils.clip_grad_norm_([param], max_norm=5.0)
+            scaler.step(lone)
+            scaler.update()
+    assert ours.scaler.scales.tolist() == [s.get_scale() for s in scalers]
+    assert len({s.get_scale() for s in scalers}) > 1  # the overflows made the scales differ
+    for k, param in enumerate(alone):
+        torch.testing.assert_close(member_rows(stacked, k, members), param, rtol=1e-6, atol=1e-7)

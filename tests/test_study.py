@@ -200,3 +200,18 @@ def test_a_study_from_before_seeds_and_objective_resumes_with_their_defaults(
     open_study(config, config.storage or "")  # resumes: 1 seed and accuracy were the defaults
     with pytest.raises(LrsearchError, match="seeds: 1 -> 2"):
         open_study(dataclasses.replace(config, seeds=2), config.storage or "")
+
+
+def test_a_study_from_before_the_transformer_knobs_resumes_with_their_defaults(
+    tmp_path: Path,
+) -> None:
+    config = digits_study(tmp_path)
+    study = open_study(config, config.storage or "")
+    old = study_definition(config)
+    for name in ("beta1", "beta2", "eps", "decay_all", "clip_norm", "accumulate"):
+        del old["training"][name]
+    study.set_user_attr("definition", old)
+    open_study(config, config.storage or "")  # resumes: torch's defaults, no clipping
+    clipped = dataclasses.replace(config.training, clip_norm=1.0)
+    with pytest.raises(LrsearchError, match=re.escape("clip_norm: None -> 1.0")):
+        open_study(dataclasses.replace(config, training=clipped), config.storage or "")

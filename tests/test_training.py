@@ -508,3 +508,22 @@ def test_a_stream_that_cannot_be_read_again_ends_early_in_one_line() -> None:
         train_population(
             streamed, [Member(Constant(lr=0.01), 1)], TrainConfig(epochs=1), data_seed=0
         )
+
+
+def test_accumulating_two_half_batches_takes_the_step_of_one_full_batch(task: Task) -> None:
+    """Gradients summed over micro-batches of the same examples: one step, one schedule step."""
+    schedule = Cosine(lr=0.05, warmup=0.1)
+    full = TrainConfig(epochs=2, batch_size=32, bf16=False)
+    result, losses = run(task, schedule, full)
+    halves, half_losses = run(
+        task, schedule, dataclasses.replace(full, batch_size=16, accumulate=2)
+    )
+    assert len(half_losses) == len(losses) == 2 * (384 // 32)
+    assert half_losses == pytest.approx(losses, rel=1e-4, abs=1e-5)
+    assert halves.val_accuracy == pytest.approx(result.val_accuracy, abs=1 / 64)
+
+
+def test_fp16_off_cuda_is_one_line_naming_the_setting(task: Task) -> None:
+    with pytest.raises(LrsearchError, match=r"training\.fp16 needs a CUDA device") as refused:
+        train(task, Cosine(lr=0.05), TrainConfig(epochs=1, batch_size=32, fp16=True), seed=0)
+    assert "\n" not in str(refused.value)
