@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Sequence
@@ -270,11 +271,11 @@ def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lrsearch import workers
     from lrsearch.config import default_storage
     from lrsearch.paths import check_file, check_folder, sqlite_file
-    from lrsearch.study import default_artifact_dir
 
+    # The study file and the options are checked before torch is imported (seconds on a
+    # loaded machine), so a typo is reported at once.
     config = _study_config(
         args,
         n_trials=args.n_trials,
@@ -289,24 +290,50 @@ def _run(args: argparse.Namespace) -> int:
     database = sqlite_file(storage)
     if database is not None:
         check_file(database, "the SQLite storage")
+    from lrsearch.study import default_artifact_dir
+
     check_folder(args.artifact_dir or default_artifact_dir(storage, config.name), "--artifact-dir")
+    from lrsearch import workers
+
     report = workers.run(
         config, workers=args.workers, devices=args.devices, artifact_dir=args.artifact_dir
     )
-    print("\n".join(report.lines()))
+    print("\n".join(report.lines(confirm=confirm_command(args))))
     return 0
 
 
+def confirm_command(args: argparse.Namespace) -> str:
+    """``lrsearch confirm`` with the study options this run was given, so that the command
+    the summary prints reaches the same study when pasted in the same directory."""
+    from lrsearch.storage import redact
+
+    words = ["lrsearch", "confirm"]
+    for option, value in (
+        ("--study", None if args.study == DEFAULT_STUDY else args.study),
+        ("--storage", None if args.storage is None else redact(args.storage)),
+        ("--study-name", args.study_name),
+        ("--task", args.task),
+        ("--model", args.model),
+        ("--data-dir", args.data_dir),
+        ("--val-size", args.val_size),
+        ("--device", args.device),
+    ):
+        if value is not None:
+            words += [option, str(value)]
+    return shlex.join(words)
+
+
 def _find_lr(args: argparse.Namespace) -> int:
-    from lrsearch.lr_find import check_span, find_lr, save_plot
     from lrsearch.paths import check_file
-    from lrsearch.runner import load_study_task
 
     config = _study_config(args)
-    check_span(args.start, args.end, args.steps)
     check_file(args.out, "--out")
     if args.out.suffix.lower() != ".png":
         raise LrsearchError(f"--out {str(args.out)!r} is not allowed; the plot is a .png file")
+    from lrsearch.lr_find import check_span, find_lr, save_plot
+    from lrsearch.runner import load_study_task
+
+    check_span(args.start, args.end, args.steps)
     task = load_study_task(config)
     found = find_lr(
         task, config.training, seed=config.seed, start=args.start, end=args.end, steps=args.steps
@@ -321,7 +348,6 @@ def _find_lr(args: argparse.Namespace) -> int:
 
 def _confirm(args: argparse.Namespace) -> int:
     from lrsearch.config import SEED_MAX
-    from lrsearch.confirm import confirm
 
     config = _study_config(args)
     if config.seed + args.seeds - 1 > SEED_MAX:  # confirm trains seeds seed .. seed + seeds - 1
@@ -329,6 +355,8 @@ def _confirm(args: argparse.Namespace) -> int:
             f"--seeds {args.seeds} is not allowed with seed {config.seed}; "
             f"seed + seeds - 1 must be <= {SEED_MAX}"
         )
+    from lrsearch.confirm import confirm
+
     report = confirm(config, top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr)
     print("\n".join(report.lines()))
     return 0
