@@ -87,6 +87,7 @@ def _check_optuna_tables(storage: str) -> None:
     if database is not None and not database.is_file():
         raise LrsearchError(
             f"no storage at {redact(storage)}: {str(database)!r} does not exist; {fix}"
+            + _studies_beside(database)
         )
     if database is not None and database.stat().st_size == 0:
         raise LrsearchError(f"no storage at {redact(storage)}: {str(database)!r} is empty; {fix}")
@@ -103,6 +104,14 @@ def _check_optuna_tables(storage: str) -> None:
         raise LrsearchError(
             f"{redact(storage)} is not an Optuna storage: it has no table {missing[0]!r}; {fix}"
         )
+
+
+def _studies_beside(database: Path) -> str:
+    """The SQLite files beside a missing one: ``run`` names each after its study, so a mistyped
+    ``--study-name`` is told the names it can choose from."""
+    folder = database.parent
+    names = sorted(path.stem for path in folder.glob("*.db")) if folder.is_dir() else []
+    return f", or one of the studies in {folder}/: {', '.join(names)}" if names else ""
 
 
 def load_results(storage: str | None, study_name: str) -> pd.DataFrame:
