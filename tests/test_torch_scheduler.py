@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lrsearch
-from lrsearch.schedules import Cosine, CosineRestarts
+from lrsearch.schedules import Cosine, CosineRestarts, Cyclic
 from lrsearch.torch_scheduler import ScheduleLR
 
 SCHEDULE = Cosine(lr=0.2, warmup=0.1, min_lr=0.002)
@@ -100,3 +100,40 @@ def test_past_total_steps_the_closed_form_goes_on() -> None:
     closed = [CosineRestarts(lr=0.1, first_cycle=0.5)(step, 20) for step in range(40)]
     assert seen == pytest.approx(closed, rel=1e-12)
     assert not math.isclose(seen[20], seen[39])  # still moving: a new cycle, not frozen
+
+
+CYCLIC = Cyclic(lr=0.1, min_lr=0.01, step_size=0.25)
+
+
+def accelerated_lrs(prepare_scheduler: bool, total: int, steps: int) -> list[float]:
+    """The LR of each optimizer step of a loop run by Accelerate, in one process."""
+    accelerate = pytest.importorskip("accelerate")
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=CYCLIC.lr)
+    scheduler = CYCLIC.torch_scheduler(opt, total)
+    if prepare_scheduler:
+        model, opt, scheduler = accelerator.prepare(model, opt, scheduler)
+    else:
+        model, opt = accelerator.prepare(model, opt)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        accelerator.backward(model(torch.ones(1, 2)).sum())
+        opt.step()
+        scheduler.step()
+        opt.zero_grad()
+    return seen
+
+
+def test_under_accelerate_a_scheduler_stepped_by_hand_follows_the_closed_form() -> None:
+    """What the README tells Accelerate users: keep the scheduler out of ``prepare`` and step
+    it once per optimizer step. A prepared one is stepped num_processes times per step
+    without split_batches, and never past its ``total_steps`` (it freezes at the end value)."""
+    total, steps = 12, 20
+    closed = [CYCLIC(step, total) for step in range(steps)]
+    assert accelerated_lrs(False, total, steps) == pytest.approx(closed, rel=1e-12)
+    prepared = accelerated_lrs(True, total, steps)
+    assert prepared[: total + 1] == pytest.approx(closed[: total + 1], rel=1e-12)
+    assert set(prepared[total + 1 :]) == {prepared[total + 1]}  # frozen ...
+    assert prepared[-1] != pytest.approx(closed[-1])  # ... where the closed form goes on
