@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exponentially, and read the range of the peak LR off the smoothed loss curve "
         '(what lr = "auto" in [space] does before a study\'s first trial).',
     )
-    _add_study_options(find_lr)
+    _add_study_options(find_lr, stored=False)
     find_lr.add_argument(
         "--out", type=Path, default=Path("lr_find.png"), help="the plot (PNG); default lr_find.png"
     )
@@ -166,7 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
             results.add_argument(
                 "--log-lr", action="store_true", help="draw the LR curves on a log scale"
             )
-    bench = commands.add_parser("bench", help="time lrsearch's trial loop against the classic loop")
+    bench = commands.add_parser(
+        "bench",
+        help="time lrsearch's trial loop against the classic loop",
+        description="Time the reference articles' classic training loop (torchvision data set, "
+        "DataLoader, epoch-stepped scheduler) and lrsearch's trial loop side by side in one "
+        "process, on synthetic Fashion-MNIST-sized images, then populations of K models and "
+        "Optuna's overhead per trial. The header gives the machine, the threads and the load "
+        "average, and warns when other work was running: compare figures from one run only.",
+    )
     # Declared here, not in lrsearch.bench, so that parsing never imports torch; the
     # destinations are bench.BenchConfig's fields, which validates the values.
     for option, default, help_text in (
@@ -182,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_study_options(parser: argparse.ArgumentParser) -> None:
+def _add_study_options(parser: argparse.ArgumentParser, *, stored: bool = True) -> None:
+    """The study file and what overrides it; ``stored=False`` for a command that reads no
+    storage (find-lr), so that its help lists only options it uses."""
     parser.add_argument(
         "--study",
         type=Path,
@@ -190,14 +200,15 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"study file (TOML); default {DEFAULT_STUDY}",
     )
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="Optuna storage URL; default sqlite:///.lrsearch/<study-name>.db",
-    )
-    parser.add_argument(
-        "--study-name", help="study name in the storage; default from the study file"
-    )
+    if stored:
+        parser.add_argument(
+            "--storage",
+            metavar="URL",
+            help="Optuna storage URL; default sqlite:///.lrsearch/<study-name>.db",
+        )
+        parser.add_argument(
+            "--study-name", help="study name in the storage; default from the study file"
+        )
     parser.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--task", help="fashion-mnist, mnist, cifar10, or your own module:function")
     parser.add_argument("--model", help="model name offered by the task")
@@ -260,7 +271,12 @@ def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     return load_study_file(args.study).with_overrides(
-        study={"name": args.study_name, "storage": args.storage, "device": args.device, **study},
+        study={
+            "name": getattr(args, "study_name", None),  # None: find-lr has no storage options
+            "storage": getattr(args, "storage", None),
+            "device": args.device,
+            **study,
+        },
         task={
             "name": args.task,
             "model": args.model,

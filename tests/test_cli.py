@@ -305,14 +305,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     (workdir / "empty").mkdir(exist_ok=True)
     before = snapshot(workdir)
     # The case's own options come last, and argparse keeps the last occurrence.
-    defaults = [
-        "--study",
-        "study.toml",
-        "--data-dir",
-        "data",
-        "--storage",
-        "sqlite:///untouched.db",
-    ]
+    defaults = ["--study", "study.toml", "--data-dir", "data"]
+    if args[0] != "find-lr":  # it reads no storage, and takes no --storage
+        defaults += ["--storage", "sqlite:///untouched.db"]
     with_study = ("run", "confirm", "find-lr")
     code = main([args[0], *defaults, *args[1:]] if args[0] in with_study else args)
     err = capsys.readouterr().err
@@ -526,3 +521,11 @@ def test_the_confirm_command_carries_the_storage_and_name_a_run_was_given(
     assert argv[argv.index("--study-name") + 1] == "renamed"
     pasted = lrsearch(digits_dir, *argv[1:])
     assert pasted.returncode == 0, pasted.stderr
+
+
+def test_find_lr_help_lists_only_the_options_it_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["find-lr", "--help"])
+    text = capsys.readouterr().out
+    assert "--study FILE" in text and "--out" in text
+    assert "--storage" not in text and "--study-name" not in text  # it reads no storage
