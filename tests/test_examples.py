@@ -119,3 +119,17 @@ def test_own_objective_example_searches_and_saves_a_loadable_schedule(tmp_path: 
     schedule = lrsearch.load_schedule(out)
     assert schedule.family in ("cosine", "one_cycle", "step", "wsd")
     assert f"schedule: {schedule.describe()}\n" in result.stdout
+
+
+def test_own_objective_example_keeps_an_existing_schedule_file(tmp_path: Path) -> None:
+    out = tmp_path / "best_schedule.json"
+    out.write_text("written by lrsearch best")
+    result = subprocess.run(
+        [sys.executable, "examples/own_objective.py", "--trials=1", "--epochs=1", f"--out={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "exists; pass --force to replace it" in result.stderr
+    assert out.read_text() == "written by lrsearch best"
