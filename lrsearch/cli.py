@@ -314,11 +314,11 @@ def _run(args: argparse.Namespace) -> int:
     report = workers.run(
         config, workers=args.workers, devices=args.devices, artifact_dir=args.artifact_dir
     )
-    print("\n".join(report.lines(confirm=confirm_command(args))))
+    print("\n".join(report.lines(confirm=_confirm_command(args))))
     return 0
 
 
-def confirm_command(args: argparse.Namespace) -> str:
+def _confirm_command(args: argparse.Namespace) -> str:
     """``lrsearch confirm`` with the study options this run was given, so that the command
     the summary prints reaches the same study when pasted in the same directory."""
     from lrsearch.storage import redact
