@@ -24,7 +24,7 @@ import pandas as pd
 from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
-from lrsearch.export import load_study, storage_url
+from lrsearch.export import load_study, storage_url, study_names
 from lrsearch.schedules import Schedule
 from lrsearch.stats import (
     Comparison,
@@ -392,7 +392,7 @@ def _json_number(value: float) -> float | None:
 def best_confirmed(storage: str, study_name: str) -> tuple[Confirmed, int]:
     """The schedule with the best mean validation accuracy at the longest confirmed length."""
     load_study(storage, study_name)  # a mistyped name is told the studies that are there
-    names = optuna.study.get_all_study_names(storage)
+    names = study_names(storage)
     runs = (
         load_study(storage, study_name + CONFIRM_SUFFIX).get_trials(
             deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]

@@ -35,6 +35,7 @@ __all__ = [
     "load_study",
     "save_best",
     "storage_url",
+    "study_names",
     "summary",
     "trials_table",
 ]
@@ -62,18 +63,27 @@ def load_study(storage: str, study_name: str) -> optuna.Study:
     a mistyped path or another program's database into an Optuna one. So the file and the
     tables are looked at first, read-only, and the storage is opened without creating tables.
     """
+    rdb, names = _open_read_only(storage)
+    if study_name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise LrsearchError(f"no study {study_name!r} in {redact(storage)}; studies there: {known}")
+    return optuna.load_study(study_name=study_name, storage=rdb)
+
+
+def study_names(storage: str) -> list[str]:
+    """The studies in an existing storage, read as ``load_study`` reads it."""
+    return _open_read_only(storage)[1]
+
+
+def _open_read_only(storage: str) -> tuple[optuna.storages.RDBStorage, list[str]]:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_optuna_tables(storage)
     try:
         rdb = optuna.storages.RDBStorage(storage, skip_table_creation=True)
-        names = optuna.study.get_all_study_names(rdb)
+        return rdb, optuna.study.get_all_study_names(rdb)
     except (*STORAGE_ERRORS, RuntimeError) as error:  # RuntimeError: a schema to upgrade
         raise storage_error(storage, error) from None
-    if study_name not in names:
-        known = ", ".join(sorted(names)) or "none"
-        raise LrsearchError(f"no study {study_name!r} in {redact(storage)}; studies there: {known}")
-    return optuna.load_study(study_name=study_name, storage=rdb)
 
 
 # Every table of Optuna's schema, and alembic's record of its version: opening a database that

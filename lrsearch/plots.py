@@ -210,7 +210,11 @@ def _accuracy_by_family(trials: list[optuna.trial.FrozenTrial]) -> Figure:
     axes.set_xlim(*_zoom([t for group in by_family.values() for t in group]))
     axes.set_yticks(range(len(families)), [f"{f} ({len(by_family[f])})" for f in families])
     axes.set_xlabel("validation accuracy (bars: 95% interval of each trial; line: best)")
-    axes.set_title("Complete trials by schedule family")
+    axes.set_title(
+        "Confirm runs by schedule family, one point per seed (lr_curves.png: the means)"
+        if _is_confirm(trials)
+        else "Complete trials by schedule family"
+    )
     return figure
 
 
