@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lrsearch
-from lrsearch.schedules import Cosine, CosineRestarts, Cyclic
+from lrsearch.schedules import Constant, Cosine, CosineRestarts, Cyclic
 from lrsearch.torch_scheduler import ScheduleLR
 
 SCHEDULE = Cosine(lr=0.2, warmup=0.1, min_lr=0.002)
@@ -137,3 +137,19 @@ def test_under_accelerate_a_scheduler_stepped_by_hand_follows_the_closed_form() 
     assert prepared[: total + 1] == pytest.approx(closed[: total + 1], rel=1e-12)
     assert set(prepared[total + 1 :]) == {prepared[total + 1]}  # frozen ...
     assert prepared[-1] != pytest.approx(closed[-1])  # ... where the closed form goes on
+
+
+def test_it_is_not_chainable_it_sets_the_lr_from_the_base_each_step() -> None:
+    """As docs/schedules.md says: an ExponentialLR chained after it scales its value for one
+    step, never cumulatively."""
+    opt = optimizer(0.1)
+    constant = Constant(lr=0.1)
+    chained = torch.optim.lr_scheduler.ChainedScheduler(
+        [constant.torch_scheduler(opt, 10), torch.optim.lr_scheduler.ExponentialLR(opt, 0.5)]
+    )
+    seen = []
+    for _ in range(4):
+        opt.step()
+        chained.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.05] * 4)  # 0.1 x 0.5 every step, not 0.1 x 0.5**k
