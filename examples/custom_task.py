@@ -2,7 +2,7 @@
 
 Run from the repository root (the CLI puts the working directory on ``sys.path``)::
 
-    lrsearch --task examples.custom_task:build ...
+    python -m lrsearch run --task examples.custom_task:build --study studies/quick.toml
 
 A task is any ``module:function`` whose function takes the ``--data-dir`` path and returns a
 ``TaskSource``; lrsearch then carves the validation split and normalizes the images itself.

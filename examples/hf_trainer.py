@@ -1,13 +1,14 @@
-"""A searched schedule in Hugging Face's Trainer: pass it with ``optimizers=(opt, sched)``.
+"""A searched schedule in Hugging Face's Trainer: ``lrsearch.hf.ScheduleTrainer``.
 
-    python examples/hf_trainer.py [best_schedule.json] [--steps 200]
+    python examples/hf_trainer.py [best_schedule.json] [--epochs 3]
 
-Without a file a demo schedule is written first. The Trainer steps the scheduler once
-per optimizer step, so ``schedule.torch_scheduler(optimizer, max_steps)`` replays the
-searched curve over the whole run; a callback records the LR of every optimizer step
-and the run checks it against ``schedule(step, max_steps)``. The model (a small MLP)
-and the data (scikit-learn's bundled digits) are built here: nothing is downloaded.
-Needs ``pip install lrsearch[examples]``.
+Without a file a demo schedule is written first. ``ScheduleTrainer(..., schedule=...)`` is
+a ``Trainer`` that builds the schedule's scheduler in ``create_scheduler``, with the number
+of optimizer steps the Trainer computes itself inside ``train()`` (epochs, batch size,
+gradient accumulation, processes): no step count to get wrong by hand. A callback records
+the LR of every optimizer step and the run checks it against ``schedule(step, steps)``.
+The model (a small MLP) and the data (scikit-learn's bundled digits) are built here:
+nothing is downloaded. Needs ``pip install -e ".[examples]"`` in a clone of lrsearch.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 
 import torch
 from sklearn.datasets import load_digits
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 import lrsearch
 from lrsearch import schedules
+from lrsearch.hf import ScheduleTrainer
 
 
 class DigitsMLP(torch.nn.Module):
@@ -50,8 +52,9 @@ class RecordLR(TrainerCallback):
         self.lrs.append(kwargs["optimizer"].param_groups[0]["lr"])
 
 
-def train(schedule: lrsearch.Schedule, steps: int, output_dir: Path) -> list[float]:
-    """Train ``steps`` optimizer steps with the Trainer; return the LR of each."""
+def train(schedule: lrsearch.Schedule, epochs: int, output_dir: Path) -> tuple[list[float], int]:
+    """Train ``epochs`` epochs with the Trainer; return the LR of each optimizer step and the
+    run's length in steps, as the Trainer counted it."""
     digits = load_digits()
     pixels = torch.tensor(digits.data, dtype=torch.float32) / 16
     examples = [
@@ -60,15 +63,16 @@ def train(schedule: lrsearch.Schedule, steps: int, output_dir: Path) -> list[flo
     ]
     torch.manual_seed(0)
     model = DigitsMLP()
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=0.9)
-    scheduler = schedule.torch_scheduler(optimizer, total_steps=steps)
     record = RecordLR()
-    trainer = Trainer(
+    trainer = ScheduleTrainer(
         model=model,
         args=TrainingArguments(
             output_dir=str(output_dir),
-            max_steps=steps,
+            learning_rate=schedule.lr,  # the peak: the schedule multiplies it by its factor
+            optim="sgd",
+            num_train_epochs=epochs,
             per_device_train_batch_size=64,
+            gradient_accumulation_steps=2,
             use_cpu=True,
             report_to="none",
             save_strategy="no",
@@ -77,19 +81,20 @@ def train(schedule: lrsearch.Schedule, steps: int, output_dir: Path) -> list[flo
             seed=0,
         ),
         train_dataset=examples,
-        optimizers=(optimizer, scheduler),
         callbacks=[record],
+        schedule=schedule,
     )
     result = trainer.train()
+    steps = trainer.state.max_steps
     accuracy = (model.layers(pixels).argmax(1) == torch.tensor(digits.target)).float().mean()
     print(f"trained {steps} steps, loss {result.training_loss:.4f}, accuracy {accuracy:.4f}")
-    return record.lrs
+    return record.lrs, steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("schedule", nargs="?", type=Path, help="a file from `lrsearch best`")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps of this run")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of this run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = args.schedule
@@ -99,12 +104,12 @@ def main() -> None:
             print(f"no schedule given; using a demo one: {path}")
         schedule = lrsearch.load_schedule(path)
         print(f"schedule: {schedule.describe()}")
-        lrs = train(schedule, args.steps, Path(folder) / "trainer")
-    expected = [schedule(step, args.steps) for step in range(args.steps)]
-    assert len(lrs) == args.steps, f"{len(lrs)} optimizer steps, expected {args.steps}"
+        lrs, steps = train(schedule, args.epochs, Path(folder) / "trainer")
+    expected = [schedule(step, steps) for step in range(steps)]
+    assert len(lrs) == steps, f"{len(lrs)} optimizer steps, expected {steps}"
     for step, (seen, wanted) in enumerate(zip(lrs, expected, strict=True)):
         assert math.isclose(seen, wanted, rel_tol=1e-9), f"step {step}: LR {seen}, not {wanted}"
-    print(f"all {len(lrs)} optimizer steps used schedule(step, {args.steps})")
+    print(f"all {len(lrs)} optimizer steps used schedule(step, {steps})")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,12 @@ would step it once per epoch and stretch the curve over epochs-many steps. The r
 length comes from the Trainer (``estimated_stepping_batches``), a callback records the
 LR of every optimizer step, and the run checks it against ``schedule(step, total_steps)``.
 Data: scikit-learn's bundled digits, nothing to download. Needs
-``pip install lrsearch[examples]``.
+``pip install -e ".[examples]"`` in a clone of lrsearch.
+
+Resuming from a checkpoint with a longer run (``max_epochs`` raised) rebuilds the scheduler
+for the new length in ``configure_optimizers``; loading the checkpoint then continues the
+schedule from its step over the new length and warns once about the change of length
+(``lrsearch.ScheduleLR.load_state_dict``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """lrsearch's search space inside your own Optuna objective and your own PyTorch loop.
 
-    python examples/own_objective.py [--trials 10] [--epochs 4] [--out best_schedule.json]
+    python examples/own_objective.py [--trials 10] [--epochs 4] [--out own_schedule.json]
 
 ``suggest_schedule(trial)`` samples a family, then only that family's parameters, and
 returns a ``Schedule``; the rest is your loop, your metric and your study. Each trial
 keeps its schedule as a user attribute, so the best one is saved as the file that
-``lrsearch.load_schedule`` (and every other example) reads.
+``lrsearch.load_schedule`` (and every other example) reads; an existing file is kept unless
+``--force`` (``best_schedule.json``, what ``lrsearch best`` writes, is never the default).
 Data: scikit-learn's bundled digits, nothing to download.
 """
 
@@ -60,8 +61,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("best_schedule.json"))
+    parser.add_argument("--out", type=Path, default=Path("own_schedule.json"))
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args()
+    if args.out.exists() and not args.force:
+        parser.error(f"{args.out} exists; pass --force to replace it, or another --out")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = lrsearch.default_space(families=("cosine", "one_cycle", "step", "wsd"))
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))

@@ -15,10 +15,12 @@ if TYPE_CHECKING:
     from lrsearch.export import load_results
     from lrsearch.schedules import Schedule, load_schedule, make_schedule
     from lrsearch.space import SearchSpace, default_space, suggest_schedule
+    from lrsearch.torch_scheduler import ScheduleLR
 
 _MODULES = {
     "LrsearchError": "lrsearch.errors",
     "Schedule": "lrsearch.schedules",
+    "ScheduleLR": "lrsearch.torch_scheduler",
     "SearchSpace": "lrsearch.space",
     "default_space": "lrsearch.space",
     "load_results": "lrsearch.export",
@@ -30,6 +32,7 @@ _MODULES = {
 __all__ = [
     "LrsearchError",
     "Schedule",
+    "ScheduleLR",
     "SearchSpace",
     "default_space",
     "load_results",

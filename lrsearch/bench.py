@@ -55,7 +55,7 @@ from lrsearch.training import (
     uses_bf16,
 )
 
-__all__ = ["BenchConfig", "main", "run"]
+__all__ = ["BenchConfig", "machine_busy", "main", "run"]
 
 TASK = "fashion-mnist"
 DEFAULT_EPOCHS = 15  # studies/fashion_mnist.toml
@@ -67,6 +67,8 @@ POPULATIONS = (1, 2, 4, 8, 16)
 MODEL_BATCH = 32
 GPT_VOCAB = 96
 GPT_BLOCK = 64
+# Other work beyond half a core (1-minute load average) makes the figures unreliable.
+BUSY_LOAD = 0.5
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,7 @@ def _dataset_bytes(task: Task) -> tuple[int, int]:
 def run(config: BenchConfig, command: str) -> str:
     """Run every measurement and return the report: the machine, then one table."""
     device = resolve_device(config.device)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="lrsearch-bench-") as tmp:
         root = Path(tmp)
         # The test set is as large as the carved validation split: both loops evaluate
@@ -407,11 +410,22 @@ def run(config: BenchConfig, command: str) -> str:
         Row(loop, statistics.median(seconds[loop]), images, peak_rss[loop], peak_device.get(loop))
         for loop, (images, _epochs) in loops.items()
     ]
+    load_after, threads = os.getloadavg()[0], torch.get_num_threads()
     return "\n".join(
         [
             f"command   {command}",
             f"machine   {_cpu_name()}, {_cores()} cores; device {_device_name(device)}",
-            f"torch     {torch.__version__}, {torch.get_num_threads()} threads",
+            f"torch     {torch.__version__}, {threads} threads",
+            f"load      1-minute load average {load_before:.2f} before, {load_after:.2f} after "
+            f"(this bench adds about {threads})",
+            *(
+                [
+                    "warning   the machine was busy with other work: the times, and the "
+                    "speedups most, are not what it does idle; compare only rows of one run"
+                ]
+                if machine_busy(load_before, load_after, threads)
+                else []
+            ),
             f"workload  LeNet, {config.images} images, batch {config.batch_size}, "
             f"{config.epochs} epochs x {config.repeats} repeats; population rows: seconds per "
             "member-epoch (one model's epoch), their speedup against the classic LeNet epoch",
@@ -433,6 +447,12 @@ def run(config: BenchConfig, command: str) -> str:
             *model_table(config, device),
         ]
     )
+
+
+def machine_busy(load_before: float, load_after: float, threads: int) -> bool:
+    """Other work held more than half a core, before the bench or during it (the average
+    after it less the bench's own threads)."""
+    return max(load_before, load_after - threads) > BUSY_LOAD
 
 
 def _format_table(rows: list[Row]) -> list[str]:

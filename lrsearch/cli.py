@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Sequence
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exponentially, and read the range of the peak LR off the smoothed loss curve "
         '(what lr = "auto" in [space] does before a study\'s first trial).',
     )
-    _add_study_options(find_lr)
+    _add_study_options(find_lr, stored=False)
     find_lr.add_argument(
         "--out", type=Path, default=Path("lr_find.png"), help="the plot (PNG); default lr_find.png"
     )
@@ -165,7 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
             results.add_argument(
                 "--log-lr", action="store_true", help="draw the LR curves on a log scale"
             )
-    bench = commands.add_parser("bench", help="time lrsearch's trial loop against the classic loop")
+    bench = commands.add_parser(
+        "bench",
+        help="time lrsearch's trial loop against the classic loop",
+        description="Time the reference articles' classic training loop (torchvision data set, "
+        "DataLoader, epoch-stepped scheduler) and lrsearch's trial loop side by side in one "
+        "process, on synthetic Fashion-MNIST-sized images, then populations of K models and "
+        "Optuna's overhead per trial. The header gives the machine, the threads and the load "
+        "average, and warns when other work was running: compare figures from one run only.",
+    )
     # Declared here, not in lrsearch.bench, so that parsing never imports torch; the
     # destinations are bench.BenchConfig's fields, which validates the values.
     for option, default, help_text in (
@@ -182,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_study_options(parser: argparse.ArgumentParser) -> None:
+def _add_study_options(parser: argparse.ArgumentParser, *, stored: bool = True) -> None:
+    """The study file and what overrides it; ``stored=False`` for a command that reads no
+    storage (find-lr), so that its help lists only options it uses."""
     parser.add_argument(
         "--study",
         type=Path,
@@ -190,14 +201,15 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"study file (TOML); default {DEFAULT_STUDY}",
     )
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="Optuna storage URL; default sqlite:///.lrsearch/<study-name>.db",
-    )
-    parser.add_argument(
-        "--study-name", help="study name in the storage; default from the study file"
-    )
+    if stored:
+        parser.add_argument(
+            "--storage",
+            metavar="URL",
+            help="Optuna storage URL; default sqlite:///.lrsearch/<study-name>.db",
+        )
+        parser.add_argument(
+            "--study-name", help="study name in the storage; default from the study file"
+        )
     parser.add_argument("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--task", help="fashion-mnist, mnist, cifar10, or your own module:function")
     parser.add_argument("--model", help="model name offered by the task")
@@ -260,7 +272,12 @@ def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     return load_study_file(args.study).with_overrides(
-        study={"name": args.study_name, "storage": args.storage, "device": args.device, **study},
+        study={
+            "name": getattr(args, "study_name", None),  # None: find-lr has no storage options
+            "storage": getattr(args, "storage", None),
+            "device": args.device,
+            **study,
+        },
         task={
             "name": args.task,
             "model": args.model,
@@ -271,11 +288,11 @@ def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lrsearch import workers
     from lrsearch.config import default_storage
     from lrsearch.paths import check_file, check_folder, sqlite_file
-    from lrsearch.study import default_artifact_dir
 
+    # The study file and the options are checked before torch is imported (seconds on a
+    # loaded machine), so a typo is reported at once.
     config = _study_config(
         args,
         n_trials=args.n_trials,
@@ -290,24 +307,50 @@ def _run(args: argparse.Namespace) -> int:
     database = sqlite_file(storage)
     if database is not None:
         check_file(database, "the SQLite storage")
+    from lrsearch.study import default_artifact_dir
+
     check_folder(args.artifact_dir or default_artifact_dir(storage, config.name), "--artifact-dir")
+    from lrsearch import workers
+
     report = workers.run(
         config, workers=args.workers, devices=args.devices, artifact_dir=args.artifact_dir
     )
-    print("\n".join(report.lines()))
+    print("\n".join(report.lines(confirm=_confirm_command(args))))
     return 0
 
 
+def _confirm_command(args: argparse.Namespace) -> str:
+    """``lrsearch confirm`` with the study options this run was given, so that the command
+    the summary prints reaches the same study when pasted in the same directory."""
+    from lrsearch.storage import redact
+
+    words = ["lrsearch", "confirm"]
+    for option, value in (
+        ("--study", None if args.study == DEFAULT_STUDY else args.study),
+        ("--storage", None if args.storage is None else redact(args.storage)),
+        ("--study-name", args.study_name),
+        ("--task", args.task),
+        ("--model", args.model),
+        ("--data-dir", args.data_dir),
+        ("--val-size", args.val_size),
+        ("--device", args.device),
+    ):
+        if value is not None:
+            words += [option, str(value)]
+    return shlex.join(words)
+
+
 def _find_lr(args: argparse.Namespace) -> int:
-    from lrsearch.lr_find import check_span, find_lr, save_plot
     from lrsearch.paths import check_file
-    from lrsearch.runner import load_study_task
 
     config = _study_config(args)
-    check_span(args.start, args.end, args.steps)
     check_file(args.out, "--out")
     if args.out.suffix.lower() != ".png":
         raise LrsearchError(f"--out {str(args.out)!r} is not allowed; the plot is a .png file")
+    from lrsearch.lr_find import check_span, find_lr, save_plot
+    from lrsearch.runner import load_study_task
+
+    check_span(args.start, args.end, args.steps)
     task = load_study_task(config)
     found = find_lr(
         task, config.training, seed=config.seed, start=args.start, end=args.end, steps=args.steps
@@ -322,7 +365,6 @@ def _find_lr(args: argparse.Namespace) -> int:
 
 def _confirm(args: argparse.Namespace) -> int:
     from lrsearch.config import SEED_MAX
-    from lrsearch.confirm import confirm
 
     config = _study_config(args)
     if config.seed + args.seeds - 1 > SEED_MAX:  # confirm trains seeds seed .. seed + seeds - 1
@@ -330,6 +372,8 @@ def _confirm(args: argparse.Namespace) -> int:
             f"--seeds {args.seeds} is not allowed with seed {config.seed}; "
             f"seed + seeds - 1 must be <= {SEED_MAX}"
         )
+    from lrsearch.confirm import confirm
+
     report = confirm(config, top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr)
     print("\n".join(report.lines()))
     return 0

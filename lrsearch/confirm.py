@@ -24,8 +24,7 @@ import pandas as pd
 from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
-from lrsearch.export import load_study, storage_url
-from lrsearch.runner import load_study_task, metric_attrs, objective_metric
+from lrsearch.export import load_study, storage_url, study_names
 from lrsearch.schedules import Schedule
 from lrsearch.stats import Comparison, Scores, compare_across_seeds
 from lrsearch.storage import redact
@@ -38,7 +37,6 @@ from lrsearch.study import (
     open_study,
     score,
 )
-from lrsearch.training import Member, population_size, steps_per_epoch, train_population
 from lrsearch.verdict import number, run_scores
 
 __all__ = [
@@ -205,6 +203,16 @@ def confirm(
     # Retraining on another task or space would mean nothing; at another length is the point.
     check_definition(search, config, storage, any_epochs=True)
     candidates = _candidates(search, top)
+    # torch only now: a mistyped option or study is reported without its seconds of start-up.
+    from lrsearch.runner import load_study_task, metric_attrs, objective_metric
+    from lrsearch.training import (
+        EpochMetrics,
+        Member,
+        population_size,
+        steps_per_epoch,
+        train_population,
+    )
+
     task = load_study_task(config)
     training = dataclasses.replace(config.training, epochs=epochs)
     per_epoch = steps_per_epoch(task, training)
@@ -227,12 +235,20 @@ def confirm(
         if (trial.number, seed, epochs) not in done
     ]
     size = population_size(training.population, task.device)
-    for start in range(0, len(pending), size):
+    starts = range(0, len(pending), size)
+    for batch, start in enumerate(starts, 1):
         runs = pending[start : start + size]
-        for label, _trial, seed in runs:
-            print(f"confirm {label}: seed {seed}, {epochs} epochs", file=out)
+        # One line as each population starts and one per epoch: steady news of a long run.
+        named = ", ".join(f"{label} seed {seed}" for label, _trial, seed in runs)
+        print(f"confirm {batch}/{len(starts)}: {named}; {epochs} epochs", file=out, flush=True)
+
+        def on_epoch(metrics: EpochMetrics, batch: int = batch) -> list[int]:
+            print(f"confirm {batch}/{len(starts)}: epoch {metrics.epoch}/{epochs}", file=out)
+            out.flush()
+            return []
+
         members = [Member(_schedule(trial), seed) for _label, trial, seed in runs]
-        result = train_population(task, members, training, data_seed=config.seed)
+        result = train_population(task, members, training, data_seed=config.seed, on_epoch=on_epoch)
         for (label, trial, seed), run in zip(runs, result.members, strict=True):
             schedule = _schedule(trial)
             attrs = {
@@ -255,6 +271,8 @@ def confirm(
             record.add_trial(
                 optuna.trial.create_trial(value=worst if value is None else value, user_attrs=attrs)
             )
+            shown = "nothing (diverged)" if value is None else f"{value:.4f}"
+            print(f"confirmed {label} seed {seed}: {config.objective} {shown}", file=out)
     return _report(record, candidates, epochs, seeds, config.seed)
 
 
@@ -385,10 +403,20 @@ def _json_number(value: float) -> float | None:
 
 def best_confirmed(storage: str, study_name: str) -> tuple[Confirmed, int]:
     """The schedule with the best mean validation objective at the longest confirmed length."""
-    record = load_study(storage, study_name + CONFIRM_SUFFIX)
-    runs = record.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    load_study(storage, study_name)  # a mistyped name is told the studies that are there
+    names = study_names(storage)
+    runs = (
+        load_study(storage, study_name + CONFIRM_SUFFIX).get_trials(
+            deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]
+        )
+        if study_name + CONFIRM_SUFFIX in names
+        else []
+    )
     if not runs:
-        raise LrsearchError(f"study {study_name!r} has no confirm runs; run lrsearch confirm first")
+        raise LrsearchError(
+            f"study {study_name!r} has no confirm runs yet; run `lrsearch confirm --study FILE "
+            f"--epochs N` (FILE: the study's file) first, then best --confirmed"
+        )
     epochs = max(t.user_attrs["epochs"] for t in runs)
     by_trial: dict[int, list[optuna.trial.FrozenTrial]] = {}
     for t in runs:

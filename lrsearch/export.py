@@ -35,6 +35,7 @@ __all__ = [
     "load_study",
     "save_best",
     "storage_url",
+    "study_names",
     "summary",
     "trials_table",
 ]
@@ -62,18 +63,27 @@ def load_study(storage: str, study_name: str) -> optuna.Study:
     a mistyped path or another program's database into an Optuna one. So the file and the
     tables are looked at first, read-only, and the storage is opened without creating tables.
     """
+    rdb, names = _open_read_only(storage)
+    if study_name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise LrsearchError(f"no study {study_name!r} in {redact(storage)}; studies there: {known}")
+    return optuna.load_study(study_name=study_name, storage=rdb)
+
+
+def study_names(storage: str) -> list[str]:
+    """The studies in an existing storage, read as ``load_study`` reads it."""
+    return _open_read_only(storage)[1]
+
+
+def _open_read_only(storage: str) -> tuple[optuna.storages.RDBStorage, list[str]]:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_optuna_tables(storage)
     try:
         rdb = optuna.storages.RDBStorage(storage, skip_table_creation=True)
-        names = optuna.study.get_all_study_names(rdb)
+        return rdb, optuna.study.get_all_study_names(rdb)
     except (*STORAGE_ERRORS, RuntimeError) as error:  # RuntimeError: a schema to upgrade
         raise storage_error(storage, error) from None
-    if study_name not in names:
-        known = ", ".join(sorted(names)) or "none"
-        raise LrsearchError(f"no study {study_name!r} in {redact(storage)}; studies there: {known}")
-    return optuna.load_study(study_name=study_name, storage=rdb)
 
 
 # Every table of Optuna's schema, and alembic's record of its version: opening a database that
@@ -87,6 +97,7 @@ def _check_optuna_tables(storage: str) -> None:
     if database is not None and not database.is_file():
         raise LrsearchError(
             f"no storage at {redact(storage)}: {str(database)!r} does not exist; {fix}"
+            + _studies_beside(database)
         )
     if database is not None and database.stat().st_size == 0:
         raise LrsearchError(f"no storage at {redact(storage)}: {str(database)!r} is empty; {fix}")
@@ -103,6 +114,14 @@ def _check_optuna_tables(storage: str) -> None:
         raise LrsearchError(
             f"{redact(storage)} is not an Optuna storage: it has no table {missing[0]!r}; {fix}"
         )
+
+
+def _studies_beside(database: Path) -> str:
+    """The SQLite files beside a missing one: ``run`` names each after its study, so a mistyped
+    ``--study-name`` is told the names it can choose from."""
+    folder = database.parent
+    names = sorted(path.stem for path in folder.glob("*.db")) if folder.is_dir() else []
+    return f", or one of the studies in {folder}/: {', '.join(names)}" if names else ""
 
 
 def load_results(storage: str | None, study_name: str) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -23,7 +24,7 @@ from lrsearch.export import load_study, storage_url
 from lrsearch.schedules import Schedule
 from lrsearch.stats import Z95
 from lrsearch.study import objective_of, score
-from lrsearch.verdict import trial_family, trial_scores
+from lrsearch.verdict import run_scores, trial_family, trial_scores
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,7 +54,7 @@ def plot_study(
     )
     out.mkdir(parents=True, exist_ok=True)
     draws: dict[str, Callable[[], Figure]] = {
-        "lr_curves": lambda: _lr_curves(_top_and_best_baseline(complete, top), log_lr=log_lr),
+        "lr_curves": lambda: _lr_curves(*_top_curves(complete, top), log_lr=log_lr),
         "accuracy_by_family": lambda: _accuracy_by_family(complete),
         "history": lambda: _from_optuna(
             optuna.visualization.matplotlib.plot_optimization_history, study
@@ -79,34 +80,99 @@ def _new_figure() -> Figure:
     return Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI, layout="constrained")
 
 
-def _top_and_best_baseline(
-    complete: list[optuna.trial.FrozenTrial], top: int
-) -> list[optuna.trial.FrozenTrial]:
-    """The ``top`` best trials, and the best baseline for reference if it is not among them."""
-    chosen = complete[:top]
-    baseline = next((t for t in complete if BASELINE_ATTR in t.user_attrs), None)
-    return chosen if baseline is None or baseline in chosen else [*chosen, baseline]
+@dataclass(frozen=True)
+class _Curve:
+    """One schedule's line in lr_curves.png: a trial of a search, or every seed-run of one
+    schedule of a confirm study (``<study>.confirm``), drawn once with their mean."""
+
+    name: str  # "#12", "trial 12" (confirm), "baseline cosine-warmup-004"
+    schedule: Schedule
+    steps: int
+    value: str  # what the legend reports: the search's figure, or confirm's mean ± s.e.
+    baseline: bool
 
 
-def _lr_curves(trials: list[optuna.trial.FrozenTrial], *, log_lr: bool = False) -> Figure:
-    if not trials:
+def _is_confirm(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Confirm runs carry the schedule's label and their seed (lrsearch.confirm)."""
+    return bool(trials) and all("label" in t.user_attrs and "seed" in t.user_attrs for t in trials)
+
+
+def _top_curves(complete: list[optuna.trial.FrozenTrial], top: int) -> tuple[list[_Curve], int]:
+    """The ``top`` best schedules, and the best baseline for reference if it is not among them;
+    with how many of the curves are the top ones."""
+    if _is_confirm(complete):
+        curves = _confirmed_curves(complete)
+    else:
+        curves = [
+            _Curve(
+                f"baseline {t.user_attrs[BASELINE_ATTR]}"
+                if BASELINE_ATTR in t.user_attrs
+                else f"#{t.number}",
+                Schedule.from_dict(t.user_attrs["schedule"]),
+                int(t.user_attrs["steps"]),
+                f"val={_accuracy(t):.4f}",
+                BASELINE_ATTR in t.user_attrs,
+            )
+            for t in complete
+        ]
+    chosen = curves[:top]
+    baseline = next((c for c in curves if c.baseline), None)
+    extra = [] if baseline is None or baseline in chosen else [baseline]
+    return [*chosen, *extra], len(chosen)
+
+
+def _confirmed_curves(runs: list[optuna.trial.FrozenTrial]) -> list[_Curve]:
+    """One curve per confirmed schedule at its longest length, best mean first, with the mean
+    and standard error over its seeds that ``lrsearch confirm`` prints."""
+    epochs = max(int(t.user_attrs.get("epochs", 0)) for t in runs)
+    by_label: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for run in runs:
+        if int(run.user_attrs.get("epochs", 0)) == epochs:
+            by_label.setdefault(str(run.user_attrs["label"]), []).append(run)
+    curves = []
+    for label, mine in by_label.items():
+        scores = run_scores(mine)
+        se = f" ± {scores.se:.4f} s.e." if np.isfinite(scores.se) else ""
+        seeds = len(mine)
+        curves.append(
+            (
+                (-1 if scores.higher_is_better else 1) * scores.value
+                if np.isfinite(scores.value)
+                else np.inf,
+                _Curve(
+                    label,
+                    Schedule.from_dict(mine[0].user_attrs["schedule"]),
+                    int(mine[0].user_attrs["steps"]),
+                    f"val {scores.metric.replace('_', ' ')} {scores.value:.4f}{se} "
+                    f"({seeds} seed{'s' * (seeds != 1)})",
+                    label.startswith("baseline"),
+                ),
+            )
+        )
+    return [curve for _, curve in sorted(curves, key=lambda pair: pair[0])]
+
+
+def _lr_curves(curves: list[_Curve], top: int, *, log_lr: bool = False) -> Figure:
+    """The first ``top`` curves are the best schedules, any further one the best baseline."""
+    if not curves:
         raise ValueError("no complete trial yet")
     figure = _new_figure()
     axes = figure.add_subplot()
-    for trial in trials:
-        steps = int(trial.user_attrs["steps"])
-        schedule = Schedule.from_dict(trial.user_attrs["schedule"])
-        baseline = trial.user_attrs.get(BASELINE_ATTR)
-        name = f"baseline {baseline}" if baseline is not None else f"#{trial.number}"
+    for curve in curves:
         axes.plot(
-            np.arange(steps) / steps,
-            schedule.curve(steps),
-            linestyle="--" if baseline is not None else "-",
-            label=f"{name} {schedule.family}  val={_accuracy(trial):.4f}",
+            np.arange(curve.steps) / curve.steps,
+            curve.schedule.curve(curve.steps),
+            linestyle="--" if curve.baseline else "-",
+            label=f"{curve.name} {curve.schedule.family}  {curve.value}",
         )
     if log_lr:
         axes.set_yscale("log")  # a curve's zeros are left out, not drawn at -inf
-    axes.set_title(f"LR schedules of the top {len(trials)} trials (dashed: baseline)")
+    title = f"LR schedules of the top {top}" if top > 1 else "LR schedule of the best"
+    if len(curves) > top:
+        title += " and the best baseline"
+    if any(curve.baseline for curve in curves):
+        title += " (dashed: baseline)"
+    axes.set_title(title)
     axes.set_xlabel("fraction of the run")
     axes.set_ylabel("learning rate" + (" (log scale)" if log_lr else ""))
     axes.legend(fontsize=8)
@@ -148,7 +214,11 @@ def _accuracy_by_family(trials: list[optuna.trial.FrozenTrial]) -> Figure:
     axes.set_yticks(range(len(families)), [f"{f} ({len(by_family[f])})" for f in families])
     metric = objective_of(trials[0]).removeprefix("val_").replace("_", " ")
     axes.set_xlabel(f"validation {metric} (bars: 95% interval of each trial; line: best)")
-    axes.set_title("Complete trials by schedule family")
+    axes.set_title(
+        "Confirm runs by schedule family, one point per seed (lr_curves.png: the means)"
+        if _is_confirm(trials)
+        else "Complete trials by schedule family"
+    )
     return figure
 
 

@@ -31,7 +31,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from lrsearch.baselines import enqueue_baselines
+from lrsearch.baselines import BASELINE_ATTR, enqueue_baselines
 from lrsearch.config import StudyConfig, default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
@@ -136,8 +136,9 @@ class StudyReport:
     def best(self) -> optuna.trial.FrozenTrial | None:
         return best_trial(self.trials)
 
-    def lines(self) -> list[str]:
-        """The end-of-run summary, one fact per line."""
+    def lines(self, confirm: str = "lrsearch confirm") -> list[str]:
+        """The end-of-run summary, one fact per line; ``confirm`` is the command that reaches
+        this study (the options it was run with), for the advice to work when pasted."""
         rows = [
             ("study", self.study_name),
             ("storage", self.storage),
@@ -149,8 +150,12 @@ class StudyReport:
             attrs = self.best.user_attrs
             metric = objective_of(self.best).removeprefix("val_")
             label = metric.replace("_", " ")
+            baseline = attrs.get(BASELINE_ATTR)
             rows += [
-                ("best trial", str(self.best.number)),
+                # A baseline ahead of every searched trial is said so, not called a trial.
+                ("best trial", str(self.best.number))
+                if baseline is None
+                else ("best overall", f"trial {self.best.number}, the baseline {baseline}"),
                 ("schedule", Schedule.from_dict(attrs["schedule"]).describe()),
                 (f"val {label}", _with_se(attrs, f"val_{metric}") + " (the objective)"),
                 (f"test {label}", _with_se(attrs, f"test_{metric}")),
@@ -160,7 +165,7 @@ class StudyReport:
                     (f"{split} accuracy", _with_se(attrs, f"{split}_accuracy"))
                     for split in ("val", "test")
                 ]
-        rows += verdict_rows(self.trials)
+        rows += verdict_rows(self.trials, confirm)
         rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)
         return [f"{key:<{width}}  {value}" for key, value in rows]
@@ -247,10 +252,10 @@ class Progress:
         path = trial.user_attrs.get("population_path")
         if path is not None and path != self.path:
             self.path = path
-            self.note(
-                f"populations of up to {trial.user_attrs.get('population')} trials x "
-                f"{len(trial.user_attrs.get('seeds', [0]))} seed(s) run {HOW[path]}"
-            )
+            size = trial.user_attrs.get("population")
+            seeds = len(trial.user_attrs.get("seeds", [0]))
+            who = "one trial at a time" if size == 1 else f"populations of up to {size} trials"
+            self.note(f"{who}, {seeds} seed{'s' * (seeds != 1)} each, run {HOW[path]}")
         self.best = best_trial([t for t in (self.best, trial) if t is not None])
         best = (
             "none yet" if self.best is None else f"{self.best.value:.4f} (trial {self.best.number})"

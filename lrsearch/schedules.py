@@ -225,16 +225,23 @@ class Schedule:
 
     # -- PyTorch ------------------------------------------------------------
 
-    def torch_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> ScheduleLR:
+    def torch_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int, last_epoch: int = -1
+    ) -> ScheduleLR:
         """A PyTorch LR scheduler that steps this schedule once per optimizer step.
 
         Each parameter group's LR at construction is its base and is multiplied
         by ``lr(t) / lr``; build the optimizer with ``lr=schedule.lr`` to get the
-        searched peak, or give groups other LRs to keep their ratios.
+        searched peak, or give groups other LRs to keep their ratios. It sets the
+        LR outright, as ``LambdaLR`` does, so it is not chainable
+        (``ChainedScheduler`` would multiply nothing into it). ``last_epoch`` as
+        in every PyTorch scheduler: the step already taken, for a resume without
+        a ``state_dict`` (the groups then need ``initial_lr``). Past
+        ``total_steps`` the closed form goes on (docs/schedules.md).
         """
         from lrsearch.torch_scheduler import ScheduleLR  # torch only when a scheduler is made
 
-        return ScheduleLR(optimizer, self, total_steps)
+        return ScheduleLR(optimizer, self, total_steps, last_epoch)
 
     # -- serialisation ------------------------------------------------------
 

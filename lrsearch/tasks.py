@@ -512,9 +512,13 @@ def _open_dataset(
         # A failed download leaves empty folders that look like a data set on the next look.
         _remove_new(top, before)
         reason = f"downloading it failed ({_cause(err)})" if download else "downloading is off"
+        # torchvision's layout under the root, so that files placed flat are told where to go.
+        layout = getattr(dataset_class, "base_folder", None) or (
+            f"{dataset_class.__name__}/raw/train-images-idx3-ubyte"
+        )
         raise LrsearchError(
             f"task {task!r}: no data set in {data_dir.resolve()} and {reason}; "
-            "pass --data-dir pointing to an existing copy"
+            f"pass --data-dir pointing to an existing copy (expected: <dir>/{layout})"
         ) from err
 
 

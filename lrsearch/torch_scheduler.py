@@ -6,6 +6,7 @@ not import torch.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,8 +62,26 @@ class ScheduleLR(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the checkpoint's schedule from its step, over the length this scheduler
+        was built with: a run resumed with more epochs (Lightning's ``max_epochs`` raised)
+        stretches the rest of the schedule over them instead of running the added steps past
+        the end. A change of length is warned about here, with the LR's jump."""
         state = dict(state_dict)
         schedule = Schedule.from_dict(state.pop("schedule"))
+        length = self.total_steps
         super().load_state_dict(state)
         self.schedule = schedule
+        saved, self.total_steps = self.total_steps, length
         self._factors = self._table()
+        if saved != length:
+            before = schedule(self.last_epoch, saved)
+            after = schedule(self.last_epoch, length)
+            warnings.warn(
+                f"ScheduleLR resumed at step {self.last_epoch} with total_steps={length}, "
+                f"the checkpoint's was {saved}: the schedule now follows the new length, "
+                f"the schedule's LR at this step {before:.6g} -> {after:.6g}",
+                stacklevel=2,
+            )
+            for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+                group["lr"] = lr
+            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

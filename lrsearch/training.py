@@ -164,24 +164,25 @@ def thread_count(threads: int | None, workers: int = 1) -> int:
     return max(1, (cores - busy) // workers)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else CPU; a named device must exist."""
+def resolve_device(name: str, option: str = "--device") -> torch.device:
+    """``auto`` is CUDA when present, else CPU; a named device must exist. ``option`` names
+    where the device came from, so the error points at what to change."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise LrsearchError(
-            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+            f"{option} {name!r} is not a device; use auto, cpu, cuda or cuda:N"
         ) from None
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0 or (device.index or 0) >= count:
             raise LrsearchError(
-                f"--device {name!r} does not exist here; this machine has {count} CUDA device(s)"
+                f"{option} {name!r} does not exist here; this machine has {count} CUDA device(s)"
             )
     elif device.type != "cpu":
-        raise LrsearchError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise LrsearchError(f"{option} {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
 
 

@@ -121,6 +121,8 @@ class Versus:
     a: optuna.trial.FrozenTrial
     b: optuna.trial.FrozenTrial
     comparison: Comparison
+    # The command that runs confirm on this study: the caller adds the options it was run with.
+    confirm: str = "lrsearch confirm"
 
     @property
     def advice(self) -> str | None:
@@ -130,7 +132,7 @@ class Versus:
         epochs = self.a.user_attrs.get("epochs")
         length = f" --epochs {2 * int(epochs)}" if epochs else ""
         return (
-            f"run lrsearch confirm --top {CONFIRM_TOP}{length} --seeds {CONFIRM_SEEDS} "
+            f"run {self.confirm} --top {CONFIRM_TOP}{length} --seeds {CONFIRM_SEEDS} "
             "to separate them"
         )
 
@@ -171,7 +173,9 @@ class Versus:
         }
 
 
-def versus(trials: Sequence[optuna.trial.FrozenTrial]) -> list[Versus]:
+def versus(
+    trials: Sequence[optuna.trial.FrozenTrial], confirm: str = "lrsearch confirm"
+) -> list[Versus]:
     """Best searched vs best baseline, and best searched vs runner-up, where both exist."""
     complete = sorted(
         (t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
@@ -184,12 +188,18 @@ def versus(trials: Sequence[optuna.trial.FrozenTrial]) -> list[Versus]:
         pairs.append(("searched vs baseline", searched[0], baselines[0]))
     if len(searched) > 1:
         pairs.append(("best vs runner-up", searched[0], searched[1]))
-    return [Versus(name, a, b, compare(trial_scores(a), trial_scores(b))) for name, a, b in pairs]
+    return [
+        Versus(name, a, b, compare(trial_scores(a), trial_scores(b)), confirm)
+        for name, a, b in pairs
+    ]
 
 
-def verdict_rows(trials: Sequence[optuna.trial.FrozenTrial]) -> list[tuple[str, str]]:
-    """``(label, line)`` rows for the end-of-run summary (``StudyReport.lines``)."""
-    return [(pair.name, pair.line()) for pair in versus(trials)]
+def verdict_rows(
+    trials: Sequence[optuna.trial.FrozenTrial], confirm: str = "lrsearch confirm"
+) -> list[tuple[str, str]]:
+    """``(label, line)`` rows for the end-of-run summary (``StudyReport.lines``); ``confirm``
+    is the command that reaches this study, so the advice works when pasted."""
+    return [(pair.name, pair.line()) for pair in versus(trials, confirm)]
 
 
 def verdict_summary(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, dict[str, Any]]:

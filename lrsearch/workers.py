@@ -66,6 +66,8 @@ def run(
     """One worker runs in this process, as before; more are spawned."""
     if workers < 1:
         raise LrsearchError(f"--workers {workers} is not allowed; it must be >= 1")
+    for device in devices:
+        resolve_device(device, "--devices")
     if workers == 1 and len(devices) <= 1:
         torch.set_num_threads(thread_count(config.training.threads))
         device = devices[0] if devices else config.device

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from lrsearch.bench import machine_busy
 from lrsearch.cli import main
 from lrsearch.training import uses_bf16
 
@@ -20,6 +21,8 @@ def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "command   python -m lrsearch bench --images 1024" in out
     assert "torch     " in out and "machine   " in out
+    assert f"torch     {torch.__version__}, {torch.get_num_threads()} threads" in out
+    assert re.search(r"^load      1-minute load average [\d.]+ before, [\d.]+ after", out, re.M)
     header = next(line for line in out.splitlines() if line.startswith("loop"))
     assert header.split("  ")[0] == "loop"
     for column in ("epoch s", "images/s", "speedup", "peak RSS MiB", "peak device MiB"):
@@ -65,3 +68,24 @@ def test_bench_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bench_rejects_a_zero_size(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--images", "0"]) == 2
     assert "--images must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "threads", "busy"),
+    [
+        (0.1, 2.2, 2, False),  # only the bench's own threads
+        (1.0, 2.0, 2, True),  # a core's worth of other work before it started
+        (0.1, 9.0, 2, True),  # other work started during it
+    ],
+)
+def test_a_busy_machine_is_told_apart_from_the_bench_itself(
+    before: float, after: float, threads: int, busy: bool
+) -> None:
+    assert machine_busy(before, after, threads) is busy
+
+
+def test_bench_help_describes_what_it_measures(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "classic training loop" in text and "load average" in text

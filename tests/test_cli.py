@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -194,9 +196,9 @@ def test_a_bad_option_in_a_subprocess_is_one_line_and_exit_2(workdir: Path) -> N
         (["run", "--workers", "0"], "--workers 0 is not allowed; it must be >= 1"),
         (["run", "--workers", "-1"], "--workers -1 is not allowed"),
         (["run", "--workers", "two"], "invalid int value"),
-        (["run", "--workers", "2", "--devices", "cpu,cuda:9"], "'cuda:9' does not exist here"),
-        (["run", "--devices", "cuda:9"], "'cuda:9' does not exist here"),
-        (["run", "--workers", "2", "--devices", "gpu!"], "is not a device"),
+        (["run", "--workers", "2", "--devices", "cpu,cuda:9"], "--devices 'cuda:9' does not exist"),
+        (["run", "--devices", "cuda:9"], "--devices 'cuda:9' does not exist here"),
+        (["run", "--workers", "2", "--devices", "gpu!"], "--devices 'gpu!' is not a device"),
         (
             ["run", "--workers", "2", "--storage", "postgresql+psycopg://me:secret@127.0.0.1:1/db"],
             "cannot open storage postgresql+psycopg://me:***@127.0.0.1:1/db",
@@ -303,14 +305,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     (workdir / "empty").mkdir(exist_ok=True)
     before = snapshot(workdir)
     # The case's own options come last, and argparse keeps the last occurrence.
-    defaults = [
-        "--study",
-        "study.toml",
-        "--data-dir",
-        "data",
-        "--storage",
-        "sqlite:///untouched.db",
-    ]
+    defaults = ["--study", "study.toml", "--data-dir", "data"]
+    if args[0] != "find-lr":  # it reads no storage, and takes no --storage
+        defaults += ["--storage", "sqlite:///untouched.db"]
     with_study = ("run", "confirm", "find-lr")
     code = main([args[0], *defaults, *args[1:]] if args[0] in with_study else args)
     err = capsys.readouterr().err
@@ -466,3 +463,69 @@ def test_run_with_auto_tests_once_and_a_resume_searches_the_stored_range(digits_
         assert Schedule.from_dict(trial.user_attrs["schedule"]).lr == pytest.approx(
             found["suggested"]
         )
+
+
+TIED = """
+[study]
+name = "tied"
+n_trials = 3
+baselines = true
+[task]
+name = "examples.custom_task:build"
+val_size = 0.2
+[training]
+epochs = 1
+batch_size = 64
+[space]
+families = ["constant"]
+lr = [0.1, 0.11]
+"""
+
+
+def test_the_confirm_command_the_summary_prints_runs_as_printed(digits_dir: Path) -> None:
+    """Near-equal schedules tie, and the summary's advice is pasted in the same directory:
+    it must reach this study (not the default one) with the default storage."""
+    (digits_dir / "tied.toml").write_text(TIED)
+    result = lrsearch(digits_dir, "run", "--study", "tied.toml")
+    assert result.returncode == 0, result.stderr
+    commands = re.findall(r"— run (lrsearch confirm .*) to separate them", result.stdout)
+    assert commands, result.stdout
+    argv = shlex.split(commands[0])
+    assert argv[:4] == ["lrsearch", "confirm", "--study", "tied.toml"]
+    pasted = lrsearch(digits_dir, *argv[1:])
+    assert pasted.returncode == 0, pasted.stderr
+    assert "lrsearch best --confirmed writes" in pasted.stdout
+
+
+def test_the_confirm_command_carries_the_storage_and_name_a_run_was_given(
+    digits_dir: Path,
+) -> None:
+    storage = f"sqlite:///{digits_dir / 'elsewhere.db'}"
+    (digits_dir / "tied.toml").write_text(TIED)
+    result = lrsearch(
+        digits_dir,
+        "run",
+        "--study",
+        "tied.toml",
+        "--storage",
+        storage,
+        "--study-name",
+        "renamed",
+        "--epochs",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    (command,) = set(re.findall(r"— run (lrsearch confirm .*) to separate them", result.stdout))
+    argv = shlex.split(command)
+    assert argv[argv.index("--storage") + 1] == storage
+    assert argv[argv.index("--study-name") + 1] == "renamed"
+    pasted = lrsearch(digits_dir, *argv[1:])
+    assert pasted.returncode == 0, pasted.stderr
+
+
+def test_find_lr_help_lists_only_the_options_it_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["find-lr", "--help"])
+    text = capsys.readouterr().out
+    assert "--study FILE" in text and "--out" in text
+    assert "--storage" not in text and "--study-name" not in text  # it reads no storage

@@ -49,10 +49,16 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> StudyConfig:
 
 
 def test_one_record_per_schedule_and_seed_at_the_confirm_length(searched: StudyConfig) -> None:
-    report = confirm(searched, top=2, epochs=2, seeds=2, out=io.StringIO())
+    progress = io.StringIO()
+    report = confirm(searched, top=2, epochs=2, seeds=2, out=progress)
     record = optuna.load_study(study_name=searched.name + CONFIRM_SUFFIX, storage=searched.storage)
     runs = record.get_trials()
     assert len(runs) == (2 + 1) * 2
+    # Progress as it goes: each population's start, each of its epochs, each run's result.
+    lines = progress.getvalue().splitlines()
+    populations = sum(": epoch 1/2" in line for line in lines)
+    assert populations >= 1 and sum(": epoch 2/2" in line for line in lines) == populations
+    assert sum(line.startswith("confirmed ") for line in lines) == len(runs)
     assert {t.user_attrs["epochs"] for t in runs} == {2}
     assert sorted((t.user_attrs["trial"], t.user_attrs["seed"]) for t in runs) == sorted(
         (row.trial, seed) for row in report.rows for seed in (0, 1)
@@ -94,10 +100,16 @@ def test_bad_counts_and_missing_studies_are_one_line(searched: StudyConfig, tmp_
         confirm(searched, top=0, epochs=2, seeds=1, out=io.StringIO())
     with pytest.raises(LrsearchError, match="--seeds -1"):
         confirm(searched, top=1, epochs=2, seeds=-1, out=io.StringIO())
-    with pytest.raises(
-        LrsearchError, match=r"no study 'other\.confirm'.*studies there: to-confirm"
-    ):
+    with pytest.raises(LrsearchError, match=r"no study 'other' .*studies there: to-confirm"):
         save_best_confirmed(searched.storage, "other", tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_best_confirmed_before_any_confirm_run_says_to_run_confirm(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'alone.db'}"
+    optuna.create_study(study_name="alone", storage=storage)
+    with pytest.raises(LrsearchError, match=r"'alone' has no confirm runs yet; run `lrsearch conf"):
+        save_best_confirmed(storage, "alone", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
 

@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -37,17 +38,11 @@ def test_production_example_resumes_with_identical_lrs(tmp_path: Path) -> None:
         assert result.stdout.count(line) == 1  # each line says which run it reports
 
 
-@pytest.mark.parametrize(
-    ("library", "example"),
-    [("lightning", "lightning_training"), ("transformers", "hf_trainer")],
-)
-def test_a_trainer_example_steps_the_schedule_once_per_optimizer_step(
-    library: str, example: str, tmp_path: Path
+def test_the_lightning_example_steps_the_schedule_once_per_optimizer_step(
+    tmp_path: Path,
 ) -> None:
-    pytest.importorskip(library)
-    if library == "transformers":
-        pytest.importorskip("accelerate")  # the Trainer needs it on torch
-    module = importlib.import_module(f"examples.{example}")
+    pytest.importorskip("lightning")
+    module = importlib.import_module("examples.lightning_training")
     schedule = schedules.CosineRestarts(lr=0.1, first_cycle=0.3, warmup=0.1)
     steps = 40
 
@@ -56,6 +51,58 @@ def test_a_trainer_example_steps_the_schedule_once_per_optimizer_step(
     assert len(lrs) == steps
     assert lrs == pytest.approx([schedule(step, steps) for step in range(steps)], rel=1e-9)
     assert len(set(lrs)) > steps // 2  # per step, not per epoch: the LR keeps changing
+
+
+def test_a_lengthened_lightning_resume_follows_the_new_length_and_warns(tmp_path: Path) -> None:
+    """Resumed with max_epochs raised, Lightning rebuilds the scheduler for the new length and
+    loads the checkpoint into it: the added epoch follows the schedule, with a warning."""
+    lightning = pytest.importorskip("lightning")
+    module = importlib.import_module("examples.lightning_training")
+    schedule = schedules.Cosine(lr=0.1, warmup=0.1, min_lr=1e-3)
+    digits = module.load_digits()
+    data = torch.utils.data.TensorDataset(
+        torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
+    )
+
+    def fit(epochs: int, checkpoint: str | None = None) -> tuple[Any, list[float]]:
+        record = module.RecordLR()
+        trainer = lightning.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            callbacks=[record],
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        loader = torch.utils.data.DataLoader(data, batch_size=128)
+        trainer.fit(module.DigitsMLP(schedule), loader, ckpt_path=checkpoint)
+        return trainer, record.lrs
+
+    first, _ = fit(1)
+    per_epoch = first.global_step
+    first.save_checkpoint(tmp_path / "one.ckpt")
+    with pytest.warns(UserWarning, match=f"total_steps={2 * per_epoch}, the checkpoint's was"):
+        _, lrs = fit(2, str(tmp_path / "one.ckpt"))
+    total = 2 * per_epoch
+    expected = [schedule(step, total) for step in range(per_epoch, total)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_hf_example_runs_the_schedule_over_the_trainers_own_step_count(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # the Trainer needs it on torch
+    module = importlib.import_module("examples.hf_trainer")
+    schedule = schedules.CosineRestarts(lr=0.1, first_cycle=0.3, warmup=0.1)
+
+    lrs, steps = module.train(schedule, 1, tmp_path)
+
+    assert steps == len(lrs) > 1
+    assert lrs == pytest.approx([schedule(step, steps) for step in range(steps)], rel=1e-9)
 
 
 def test_own_objective_example_searches_and_saves_a_loadable_schedule(tmp_path: Path) -> None:
@@ -136,3 +183,17 @@ def test_char_gpt_reads_another_text_and_validates_on_held_out_text(tmp_path: Pa
     (tmp_path / "short.txt").write_text("ab", encoding="utf-8")
     with pytest.raises(lrsearch.LrsearchError, match="needs at least"):
         char_gpt.build(tmp_path / "short.txt")
+
+
+def test_own_objective_example_keeps_an_existing_schedule_file(tmp_path: Path) -> None:
+    out = tmp_path / "best_schedule.json"
+    out.write_text("written by lrsearch best")
+    result = subprocess.run(
+        [sys.executable, "examples/own_objective.py", "--trials=1", "--epochs=1", f"--out={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "exists; pass --force to replace it" in result.stderr
+    assert out.read_text() == "written by lrsearch best"

@@ -159,6 +159,21 @@ def test_missing_storage_file_is_not_created(
     assert not database.exists() and not out.exists()
 
 
+def test_a_mistyped_study_name_is_told_the_studies_stored_beside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default storage is named after the study, so a typo points at a missing file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".lrsearch").mkdir()
+    for name in ("quick", "fashion"):
+        optuna.create_study(study_name=name, storage=f"sqlite:///.lrsearch/{name}.db")
+    assert main(["export", "--study-name", "quik", "--out", "out"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "'.lrsearch/quik.db' does not exist" in error
+    assert error.rstrip().endswith("or one of the studies in .lrsearch/: fashion, quick")
+    assert not (tmp_path / ".lrsearch" / "quik.db").exists()
+
+
 def _other_application(path: Path) -> None:
     database = sqlite3.connect(path)
     database.execute("CREATE TABLE notes (text TEXT)")

@@ -103,3 +103,27 @@ def test_the_commands_that_read_a_study_import_no_torch(argv: list[str], tmp_pat
     result, names = imported_modules("-m", "lrsearch", *args, "--storage", storage)
     assert result.returncode == 2 and "no storage at" in result.stderr  # it got to reading
     assert not names & {"torch", "torchvision"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--study", "{tmp}/typo.toml"],
+        ["run", "--study", "{tmp}/good.toml", "--epochs", "0"],
+        ["run", "--study", "{tmp}/good.toml", "--storage", "sqlite:///{tmp}"],
+        ["confirm", "--study", "{tmp}/typo.toml", "--epochs", "2"],
+        ["confirm", "--study", "{tmp}/good.toml", "--epochs", "2", "--top", "0"],
+        ["find-lr", "--study", "{tmp}/typo.toml"],
+        ["find-lr", "--study", "{tmp}/good.toml", "--out", "{tmp}/plot.jpg"],
+    ],
+)
+def test_study_file_and_argument_errors_come_before_torch(argv: list[str], tmp_path: Path) -> None:
+    """torch takes seconds to import on a loaded machine: a typo is reported without it."""
+    (tmp_path / "typo.toml").write_text("[training]\nepoch = 3\n")
+    (tmp_path / "good.toml").write_text("[training]\nepochs = 3\n")
+    args = [arg.format(tmp=tmp_path) for arg in argv]
+    result, names = imported_modules("-m", "lrsearch", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("lrsearch: error: ")
+    assert not names & {"torch", "torchvision"}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+import statistics
 import struct
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from lrsearch.plots import (
     PLOT_SIZE,
     _accuracy_by_family,
     _lr_curves,
+    _top_curves,
     plot_study,
 )
 from lrsearch.runner import run_study
@@ -160,12 +163,45 @@ def test_lr_curves_mark_the_baselines_and_take_a_log_scale() -> None:
     searched = made_trial(0.9, "cosine")
     searched.number = 3
     baseline = made_trial(0.8, "linear", attrs={"baseline": "linear-001"})
-    axes = _lr_curves([searched, baseline], log_lr=True).axes[0]
+    figure = _lr_curves(*_top_curves([searched, baseline], 1), log_lr=True)
+    axes = figure.axes[0]
     assert axes.get_yscale() == "log"
     styles = {line.get_label().split()[0]: line.get_linestyle() for line in axes.get_lines()}
     assert styles == {"#3": "-", "baseline": "--"}
     assert axes.get_legend().get_texts()[1].get_text().startswith("baseline linear-001 linear")
-    assert _lr_curves([searched]).axes[0].get_yscale() == "linear"
+    assert axes.get_title() == "LR schedule of the best and the best baseline (dashed: baseline)"
+    alone = _lr_curves(*_top_curves([searched], 5)).axes[0]
+    assert alone.get_yscale() == "linear"
+    assert alone.get_title() == "LR schedule of the best"  # no baseline drawn, none named
+
+
+def test_the_title_counts_the_top_schedules_not_the_baseline_added_to_them() -> None:
+    trials = [made_trial(0.9 - i / 100, "cosine") for i in range(6)]
+    trials.append(made_trial(0.5, "linear", attrs={"baseline": "linear-001"}))
+    axes = _lr_curves(*_top_curves(trials, 5)).axes[0]
+    assert len(axes.get_lines()) == 6
+    assert axes.get_title() == "LR schedules of the top 5 and the best baseline (dashed: baseline)"
+
+
+def test_a_confirm_study_draws_each_schedule_once_with_its_mean_over_seeds() -> None:
+    """Seed-runs of one schedule are one curve, labelled as confirm labels it, with the mean."""
+    runs = []
+    for label, family, values in [
+        ("trial 4", "cosine", (0.90, 0.92, 0.94)),
+        ("trial 9", "constant", (0.95, 0.95, 0.96)),
+        ("baseline linear-001", "linear", (0.80, 0.82, 0.84)),
+    ]:
+        for seed, value in enumerate(values):
+            attrs = {"label": label, "seed": seed, "epochs": 4, "val_accuracy": value}
+            runs.append(made_trial(value, family, attrs=attrs))
+    curves, top = _top_curves(runs, 5)
+    assert [curve.name for curve in curves] == ["trial 9", "trial 4", "baseline linear-001"]
+    legend = [text.get_text() for text in _lr_curves(curves, top).axes[0].get_legend().get_texts()]
+    mean = (0.90 + 0.92 + 0.94) / 3
+    se = statistics.stdev((0.90, 0.92, 0.94)) / math.sqrt(3)
+    assert legend[1] == f"trial 4 cosine  val {mean:.4f} ± {se:.4f} s.e. (3 seeds)"
+    title = _accuracy_by_family(runs).axes[0].get_title()
+    assert title.startswith("Confirm runs by schedule family, one point per seed")
 
 
 def test_a_loss_study_plots_its_loss_lowest_as_best_and_unclamped() -> None:

@@ -13,7 +13,8 @@ from digits_study import digits_study
 from lrsearch.config import TaskConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import intermediate_table
-from lrsearch.runner import run_study
+from lrsearch.runner import StudyReport, run_study
+from lrsearch.schedules import make_schedule
 from lrsearch.space import space_from_table
 from lrsearch.study import open_study
 from lrsearch.training import TrainConfig
@@ -38,7 +39,7 @@ def test_trials_run_in_populations_of_the_asked_size_and_the_count_is_exact(
     assert report.trials_run == 5 and [t.state for t in trials] == [State.COMPLETE] * 5
     assert [t.user_attrs["population"] for t in trials] == [2, 2, 2, 2, 1]
     assert {t.user_attrs["population_path"] for t in trials} == {"stacked"}
-    assert "populations of up to 2 trials x 1 seed(s) run as one wide network" in log.getvalue()
+    assert "populations of up to 2 trials, 1 seed each, run as one wide network" in log.getvalue()
 
 
 def test_each_trial_trains_with_every_seed_and_is_scored_by_their_mean(tmp_path: Path) -> None:
@@ -220,3 +221,21 @@ def test_a_tasks_own_metric_is_an_objective_with_its_own_direction(
         r"it reports val_loss, val_near",
     ):
         run_study(dataclasses.replace(config, objective="val_f1"), out=io.StringIO())
+
+
+def test_the_summary_names_a_baseline_that_is_best_overall_as_such(tmp_path: Path) -> None:
+    schedule = make_schedule("constant", {"lr": 0.1}).to_dict()
+
+    def made(value: float, **attrs: object) -> optuna.trial.FrozenTrial:
+        made_attrs = {"schedule": schedule, "val_accuracy": value, **attrs}
+        return optuna.trial.create_trial(value=value, user_attrs=made_attrs)
+
+    trials = [made(0.9, baseline="cosine-warmup-004"), made(0.8), made(0.7)]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    report = StudyReport("s", "sqlite:///s.db", 3, trials, tmp_path)
+    lines = report.lines(confirm="lrsearch confirm --study s.toml")
+    (best,) = [line for line in lines if line.startswith(("best overall", "best trial"))]
+    assert best.split(None, 2) == ["best", "overall", "trial 0, the baseline cosine-warmup-004"]
+    best_searched = StudyReport("s", "sqlite:///s.db", 2, trials[1:], tmp_path).lines()
+    assert any(line.split() == ["best", "trial", "1"] for line in best_searched)

@@ -350,6 +350,15 @@ def test_missing_data_names_the_directory_and_data_dir(
     assert "--data-dir" in message
 
 
+def test_files_placed_flat_in_the_data_dir_are_told_the_layout_expected(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path / "nested", "FashionMNIST", n_train=20, n_test=10)
+    for path in (tmp_path / "nested" / "FashionMNIST" / "raw").iterdir():
+        path.rename(tmp_path / path.name)  # the files straight in --data-dir
+    with pytest.raises(LrsearchError) as caught:
+        load_source("fashion-mnist", tmp_path, download=False)
+    assert str(caught.value).endswith("(expected: <dir>/FashionMNIST/raw/train-images-idx3-ubyte)")
+
+
 def test_missing_cifar10_is_reported_even_when_md5_checks_are_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
