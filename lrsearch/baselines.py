@@ -1,4 +1,5 @@
-"""The reference articles' hand-picked schedules, as the first trials of a study.
+"""The reference articles' hand-picked schedules and the shapes practitioners pick, as
+the first trials of a study.
 
 A search earns trust only by beating what a practitioner would have used
 anyway. Each baseline below is built with the article's own constructor and
@@ -21,6 +22,19 @@ Choices the articles leave open, stated:
   of 2 epochs of article 000's 15-epoch run and a base of a quarter of the peak.
 - Article 004's ``MultiStepLR(milestones=[15, 30], gamma=0.5)`` on 30 epochs:
   the second milestone falls on the run's end.
+
+The reference shapes (``REFERENCE_SHAPES``) are what a practitioner picks
+without reading any article here: cosine to zero, linear decay to zero
+("Straight to Zero", 2025), warmup-stable-decay with a 20% cooldown
+(Hägele et al. 2024) and a constant LR, each after the same linear warmup
+over the first 10% of the run from 0, so that they differ only in shape.
+The cooldown is 20% of the whole run, hence 0.2 / 0.9 of the post-warmup
+part the ``wsd`` family counts in; it is linear (the paper's 1-sqrt
+variant is one of the space's choices, not a default anyone picks).
+
+A study records which baselines it offers (``OFFERED_ATTR``) when it first
+queues any, so a study begun before the reference shapes existed resumes
+with the article baselines only: resuming never adds trials of a new kind.
 """
 
 from __future__ import annotations
@@ -34,7 +48,10 @@ import optuna
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import (
     Constant,
+    Cosine,
+    Linear,
     Schedule,
+    Wsd,
     cosine_scheduler,
     cosine_warmup_decay,
     cyclic_lr,
@@ -44,9 +61,18 @@ from lrsearch.schedules import (
 )
 from lrsearch.space import LR_RANGE_ATTR, FloatRange, SearchSpace, params_for, study_space
 
-__all__ = ["ARTICLE_BASELINES", "BASELINE_ATTR", "baselines_for", "enqueue_baselines"]
+__all__ = [
+    "ARTICLE_BASELINES",
+    "BASELINES",
+    "BASELINE_ATTR",
+    "OFFERED_ATTR",
+    "REFERENCE_SHAPES",
+    "baselines_for",
+    "enqueue_baselines",
+]
 
 BASELINE_ATTR = "baseline"  # user attribute naming the baseline a trial is
+OFFERED_ATTR = "baselines_offered"  # study attribute: the baseline names this study queues
 
 _ARTICLE_000_STEPS = 15 * 1875  # 15 epochs of 60,000 images in batches of 32
 _ARTICLE_001_STEPS = 10 * (60_000 // 32)
@@ -92,6 +118,18 @@ ARTICLE_BASELINES: dict[str, Schedule] = {
 }
 
 
+_REFERENCE_WARMUP = 0.1
+REFERENCE_SHAPES: dict[str, Schedule] = {
+    "cosine-warmup10": Cosine(lr=1.0, warmup=_REFERENCE_WARMUP),
+    "linear-to-zero": Linear(lr=1.0, warmup=_REFERENCE_WARMUP),
+    "wsd-cooldown20": Wsd(
+        lr=1.0, warmup=_REFERENCE_WARMUP, decay_fraction=0.2 / (1 - _REFERENCE_WARMUP)
+    ),
+    "constant-warmup10": Constant(lr=1.0, warmup=_REFERENCE_WARMUP),
+}
+BASELINES: dict[str, Schedule] = {**ARTICLE_BASELINES, **REFERENCE_SHAPES}
+
+
 def _with_peak(schedule: Schedule, peak: float) -> Schedule:
     """The same schedule with every LR-valued parameter scaled so that ``lr == peak``."""
     scale = peak / schedule.lr
@@ -119,13 +157,24 @@ def _peak_for(space: SearchSpace, family: str, peak: float | None) -> float:
 
 
 def baselines_for(space: SearchSpace, peak: float | None = None) -> dict[str, Schedule]:
-    """Every article baseline whose family the space searches, at the space's peak, or at
+    """Every baseline whose family the space searches, at the space's peak, or at
     ``peak`` (the range test's suggestion for ``lr = "auto"``) where the lr is searched."""
     return {
         name: _with_peak(schedule, _peak_for(space, schedule.family, peak))
-        for name, schedule in ARTICLE_BASELINES.items()
+        for name, schedule in BASELINES.items()
         if schedule.family in space.families
     }
+
+
+def _offered(study: optuna.Study, queued: set[str]) -> set[str]:
+    """The baselines this study queues: recorded on first use; a study that queued
+    baselines before the record existed keeps the article ones."""
+    recorded = study.user_attrs.get(OFFERED_ATTR)
+    if recorded is not None:
+        return set(recorded)
+    offered = ARTICLE_BASELINES if queued else BASELINES
+    study.set_user_attr(OFFERED_ATTR, sorted(offered))
+    return set(offered)
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace, out: TextIO) -> list[str]:
@@ -139,10 +188,15 @@ def enqueue_baselines(study: optuna.Study, space: SearchSpace, out: TextIO) -> l
     found = study.user_attrs.get(LR_RANGE_ATTR) if space.auto_lr else None
     peak = None if found is None else float(found["suggested"])
     space = study_space(study, space)
-    queued = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
+    queued = {
+        name
+        for t in study.get_trials(deepcopy=False)
+        if (name := t.user_attrs.get(BASELINE_ATTR)) is not None
+    }
+    offered = _offered(study, queued)
     added = []
     for name, schedule in baselines_for(space, peak).items():
-        if name in queued:
+        if name in queued or name not in offered:
             continue
         try:
             params = params_for(schedule, space)

@@ -455,7 +455,12 @@ def test_run_with_auto_tests_once_and_a_resume_searches_the_stored_range(digits_
     found = study.user_attrs["lr_range"]
     assert study.user_attrs["definition"]["space"]["settings"]["cosine"]["lr"]["auto"] is True
     baselines = [t for t in study.trials if "baseline" in t.user_attrs]
-    assert {t.user_attrs["baseline"] for t in baselines} == {"constant", "cosine-warmup-004"}
+    assert {t.user_attrs["baseline"] for t in baselines} == {
+        "constant",
+        "cosine-warmup-004",
+        "cosine-warmup10",
+        "constant-warmup10",
+    }
     for trial in study.trials:
         lr = Schedule.from_dict(trial.user_attrs["schedule"]).lr
         assert found["low"] <= lr <= found["high"]

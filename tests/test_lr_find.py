@@ -178,7 +178,7 @@ def test_trials_and_baselines_use_the_stored_range_and_the_definition_keeps_auto
     study = optuna.create_study(direction="maximize")
     study.set_user_attr(LR_RANGE_ATTR, {"low": 1e-4, "high": 1e-2, "suggested": 3e-3})
     queued = enqueue_baselines(study, config.space, io.StringIO())
-    assert queued == ["constant", "cosine-warmup-004"]
+    assert queued == ["constant", "cosine-warmup-004", "cosine-warmup10", "constant-warmup10"]
     for _ in queued:  # the queued trials come first, each at the suggested peak
         assert suggest_schedule(study.ask(), config.space).lr == pytest.approx(3e-3)
     for _ in range(20):
