@@ -69,6 +69,8 @@ __all__ = [
     "REFERENCE_SHAPES",
     "baselines_for",
     "enqueue_baselines",
+    "peak_for",
+    "with_peak",
 ]
 
 BASELINE_ATTR = "baseline"  # user attribute naming the baseline a trial is
@@ -130,7 +132,7 @@ REFERENCE_SHAPES: dict[str, Schedule] = {
 BASELINES: dict[str, Schedule] = {**ARTICLE_BASELINES, **REFERENCE_SHAPES}
 
 
-def _with_peak(schedule: Schedule, peak: float) -> Schedule:
+def with_peak(schedule: Schedule, peak: float) -> Schedule:
     """The same schedule with every LR-valued parameter scaled so that ``lr == peak``."""
     scale = peak / schedule.lr
     changes: dict[str, Any] = {"lr": peak}
@@ -141,7 +143,7 @@ def _with_peak(schedule: Schedule, peak: float) -> Schedule:
     return dataclasses.replace(schedule, **changes)
 
 
-def _peak_for(space: SearchSpace, family: str, peak: float | None) -> float:
+def peak_for(space: SearchSpace, family: str, peak: float | None) -> float:
     """``peak`` where the family's lr is searched, else the centre of its lr range
     (geometric on a log scale); or its fixed value."""
     setting: Any = space.settings[family]["lr"]
@@ -160,7 +162,7 @@ def baselines_for(space: SearchSpace, peak: float | None = None) -> dict[str, Sc
     """Every baseline whose family the space searches, at the space's peak, or at
     ``peak`` (the range test's suggestion for ``lr = "auto"``) where the lr is searched."""
     return {
-        name: _with_peak(schedule, _peak_for(space, schedule.family, peak))
+        name: with_peak(schedule, peak_for(space, schedule.family, peak))
         for name, schedule in BASELINES.items()
         if schedule.family in space.families
     }

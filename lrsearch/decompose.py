@@ -1,0 +1,216 @@
+"""Does the shape matter? The search's gain split into what the peak LR and the shape bring.
+
+"Searched beats baseline" mixes two changes: the baselines sit at the study's
+default peak (the centre of its lr range, or the range test's suggestion),
+the searched schedule at the peak the search found. Where a search wins, the
+peak often wins it, and a user who only needs a new peak LR should be told so.
+
+So the reference shapes (lrsearch.baselines.REFERENCE_SHAPES) are trained at
+the study's default peak and at the best trial's own peak (and, with
+``around``, at peaks a factor of 2 either side of it), in one population with
+the best trial retrained beside them: same seeds, same batches, so each
+comparison pairs example by example (and seed by seed with several seeds).
+Two gains come out, each with its 95% interval and verdict:
+
+- the **peak gain**: the best reference shape at its best peak minus the same
+  shape at the default peak (what changing only the peak LR buys);
+- the **shape gain**: the searched schedule minus the best reference shape at
+  the searched peak (what the searched shape buys once the peak is right).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import optuna
+
+from lrsearch.baselines import REFERENCE_SHAPES, peak_for, with_peak
+from lrsearch.config import StudyConfig
+from lrsearch.errors import LrsearchError
+from lrsearch.export import load_study, storage_url
+from lrsearch.schedules import Schedule
+from lrsearch.space import LR_RANGE_ATTR, study_space
+from lrsearch.stats import AHEAD, Comparison, Scores, compare_across_seeds
+from lrsearch.study import HIGHER_IS_BETTER_ATTR, best_trial, check_definition
+from lrsearch.verdict import difference, number, run_scores
+
+__all__ = ["Decomposition", "Gain", "decompose", "peaks_around"]
+
+
+@dataclass(frozen=True)
+class Gain:
+    """One of the two gains: ``a`` minus ``b`` on the objective, with its interval."""
+
+    name: str  # "peak gain" or "shape gain"
+    a: str
+    b: str
+    comparison: Comparison
+    metric: str  # the objective without its ``val_``
+
+    def line(self) -> str:
+        c = self.comparison
+        low, high = (number(value, self.metric) for value in (c.low, c.high))
+        seeds = f"{c.seeds} seed" + ("s" if c.seeds != 1 else "")
+        return (
+            f"{self.name}: {self.a} vs {self.b}: {difference(c.difference, self.metric)} "
+            f"[95% {low}, {high}] on {c.examples} examples x {seeds}: {c.verdict}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.comparison
+        return {
+            "a": self.a,
+            "b": self.b,
+            "metric": f"val_{self.metric}",
+            "difference": c.difference,
+            "low": c.low if math.isfinite(c.low) else None,
+            "high": c.high if math.isfinite(c.high) else None,
+            "examples": c.examples,
+            "seeds": c.seeds,
+            "method": c.method,
+            "verdict": c.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """The two gains, every trained schedule's score, and the one change to make."""
+
+    peak: float  # the best searched trial's
+    default_peak: float  # the study's, where its baselines sit
+    values: dict[str, float]  # label -> mean validation figure over the seeds
+    peak_gain: Gain
+    shape_gain: Gain
+    advice: str
+
+    def lines(self) -> list[str]:
+        return [
+            f"searched peak {self.peak:.3g}, default peak {self.default_peak:.3g}",
+            *(f"  {label}: {value:.4f}" for label, value in self.values.items()),
+            self.peak_gain.line(),
+            self.shape_gain.line(),
+            f"advice: {self.advice}",
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "peak": self.peak,
+            "default_peak": self.default_peak,
+            "values": {k: v if math.isfinite(v) else None for k, v in self.values.items()},
+            "peak_gain": self.peak_gain.as_dict(),
+            "shape_gain": self.shape_gain.as_dict(),
+            "advice": self.advice,
+        }
+
+
+def peaks_around(peak: float, around: int) -> list[float]:
+    """``peak`` and ``around`` factors of 2 either side of it, lowest first."""
+    return [peak * 2.0**k for k in range(-around, around + 1)]
+
+
+def decompose(
+    config: StudyConfig,
+    *,
+    epochs: int | None = None,
+    seeds: int = 1,
+    around: int = 0,
+    out: TextIO,
+) -> Decomposition:
+    """Train the best searched schedule beside the reference shapes at the default peak and at
+    its own (``epochs`` long: the study's by default, longer for production length)."""
+    for option, given, least in (("--seeds", seeds, 1), ("--around", around, 0)):
+        if given < least:
+            raise LrsearchError(f"{option} {given} is not allowed; it must be >= {least}")
+    if epochs is not None and epochs < 1:
+        raise LrsearchError(f"--epochs {epochs} is not allowed; it must be >= 1")
+    storage = storage_url(config.storage, config.name)
+    search = load_study(storage, config.name)
+    check_definition(search, config, storage, any_epochs=True)
+    best = best_trial(search.get_trials(deepcopy=False), baseline=False)
+    if best is None:
+        raise LrsearchError(f"study {config.name!r} has no complete searched trial to decompose")
+    searched = Schedule.from_dict(best.user_attrs["schedule"])
+    found = search.user_attrs.get(LR_RANGE_ATTR) if config.space.auto_lr else None
+    space = study_space(search, config.space)
+    default = peak_for(space, searched.family, None if found is None else found["suggested"])
+    tuned = peaks_around(searched.lr, around)
+    candidates: dict[str, Schedule] = {f"trial {best.number}": searched}
+    for name, shape in REFERENCE_SHAPES.items():
+        candidates[_label(name, default)] = with_peak(shape, default)
+        for peak in tuned:
+            candidates[_label(name, peak)] = with_peak(shape, peak)
+    scores = _train(config, candidates, epochs, seeds, out)
+
+    def value(label: str) -> float:
+        s = scores[label]
+        signed = s.value if s.higher_is_better else -s.value
+        return signed if math.isfinite(signed) else -math.inf
+
+    best_shape, best_peak = max(
+        ((name, peak) for name in REFERENCE_SHAPES for peak in tuned),
+        key=lambda pair: value(_label(*pair)),
+    )
+    at_searched_peak = max(REFERENCE_SHAPES, key=lambda name: value(_label(name, searched.lr)))
+    metric = scores[f"trial {best.number}"].metric
+
+    def gain(name: str, a: str, b: str) -> Gain:
+        return Gain(name, a, b, compare_across_seeds(scores[a], scores[b]), metric)
+
+    peak_gain = gain("peak gain", _label(best_shape, best_peak), _label(best_shape, default))
+    shape_gain = gain("shape gain", f"trial {best.number}", _label(at_searched_peak, searched.lr))
+    if shape_gain.comparison.verdict == AHEAD:
+        advice = f"use the searched schedule: {searched.describe()}"
+    elif peak_gain.comparison.verdict == AHEAD:
+        advice = f"change only your peak LR to {best_peak:.3g} (shape {best_shape})"
+    else:
+        advice = "nothing beats your default beyond noise"
+    return Decomposition(
+        peak=searched.lr,
+        default_peak=default,
+        values={label: s.value for label, s in scores.items()},
+        peak_gain=peak_gain,
+        shape_gain=shape_gain,
+        advice=advice,
+    )
+
+
+def _label(name: str, peak: float) -> str:
+    return f"{name} at {peak:.3g}"
+
+
+def _train(
+    config: StudyConfig,
+    candidates: dict[str, Schedule],
+    epochs: int | None,
+    seeds: int,
+    out: TextIO,
+) -> dict[str, Scores]:
+    """Every candidate on every seed, in one population: the same batches for all."""
+    from lrsearch.runner import load_study_task, metric_attrs, objective_metric
+    from lrsearch.training import Member, train_population
+
+    task = load_study_task(config)
+    training = dataclasses.replace(config.training, epochs=epochs or config.training.epochs)
+    metric = objective_metric(config, task)
+    seed_range = range(config.seed, config.seed + seeds)
+    members = [Member(s, seed) for s in candidates.values() for seed in seed_range]
+    print(
+        f"decompose: {len(candidates)} schedules x {seeds} seeds, {training.epochs} epochs",
+        file=out,
+        flush=True,
+    )
+    result = train_population(task, members, training, data_seed=config.seed)
+    scores = {}
+    for index, label in enumerate(candidates):
+        runs: Sequence[Any] = result.members[index * seeds : (index + 1) * seeds]
+        attrs = {
+            **metric_attrs(task, runs, metric),
+            "objective": config.objective,
+            HIGHER_IS_BETTER_ATTR: metric.higher_is_better,
+        }
+        scores[label] = run_scores([optuna.trial.create_trial(value=0.0, user_attrs=attrs)])
+    return scores

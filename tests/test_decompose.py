@@ -1,0 +1,106 @@
+"""Decomposition: the search's gain split into the peak LR's and the shape's, paired."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import optuna
+import pytest
+from digits_study import digits_study
+
+from lrsearch import LrsearchError
+from lrsearch.baselines import BASELINE_ATTR, REFERENCE_SHAPES
+from lrsearch.config import StudyConfig
+from lrsearch.decompose import Decomposition, decompose, peaks_around
+from lrsearch.runner import run_study
+from lrsearch.space import FloatRange
+from lrsearch.stats import AHEAD
+from lrsearch.study import best_trial
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> StudyConfig:
+    config = digits_study(tmp_path_factory.mktemp("decompose") / "study.db", n_trials=2)
+    run_study(config, out=io.StringIO())
+    return config
+
+
+@pytest.fixture(scope="module")
+def decomposed(searched: StudyConfig) -> Decomposition:
+    return decompose(searched, out=io.StringIO())
+
+
+def test_peaks_around_step_by_factors_of_two() -> None:
+    assert peaks_around(0.1, 0) == [0.1]
+    assert peaks_around(0.1, 1) == pytest.approx([0.05, 0.1, 0.2])
+
+
+def test_every_reference_shape_trains_at_both_peaks_beside_the_retrained_trial(
+    searched: StudyConfig, decomposed: Decomposition
+) -> None:
+    study = optuna.load_study(study_name=searched.name, storage=searched.storage)
+    best = best_trial(study.get_trials(), baseline=False)
+    assert best is not None
+    labels = set(decomposed.values)
+    for name in REFERENCE_SHAPES:
+        assert f"{name} at {decomposed.default_peak:.3g}" in labels
+        assert f"{name} at {decomposed.peak:.3g}" in labels
+    # Same seed, same batches: the retrained trial scores what it scored in the search.
+    assert decomposed.values[f"trial {best.number}"] == pytest.approx(best.value)
+    lr = searched.space.settings["cosine"]["lr"]
+    assert isinstance(lr, FloatRange) and lr.log
+    assert decomposed.default_peak == pytest.approx((lr.low * lr.high) ** 0.5)
+
+
+def test_the_gains_compare_one_shape_at_two_peaks_and_the_trial_at_its_own_peak(
+    decomposed: Decomposition,
+) -> None:
+    peak, shape = decomposed.peak_gain, decomposed.shape_gain
+    assert peak.a.split(" at ")[0] == peak.b.split(" at ")[0]
+    assert peak.b.endswith(f" at {decomposed.default_peak:.3g}")
+    assert shape.a.startswith("trial ") and shape.b.endswith(f" at {decomposed.peak:.3g}")
+    for gain in (peak, shape):
+        c = gain.comparison
+        assert c.low <= c.difference <= c.high
+        assert c.difference == pytest.approx(decomposed.values[gain.a] - decomposed.values[gain.b])
+        assert c.examples > 0 and c.seeds == 1
+        assert gain.line().startswith(f"{gain.name}: {gain.a} vs {gain.b}: ")
+    if shape.comparison.verdict == AHEAD:
+        assert decomposed.advice.startswith("use the searched schedule")
+    elif peak.comparison.verdict == AHEAD:
+        assert decomposed.advice.startswith("change only your peak LR to ")
+    else:
+        assert decomposed.advice == "nothing beats your default beyond noise"
+    assert decomposed.lines()[-1] == f"advice: {decomposed.advice}"
+    assert decomposed.as_dict()["shape_gain"]["verdict"] == shape.comparison.verdict
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seeds": 0}, "--seeds 0 is not allowed; it must be >= 1"),
+        ({"around": -1}, "--around -1 is not allowed; it must be >= 0"),
+        ({"epochs": 0}, "--epochs 0 is not allowed; it must be >= 1"),
+    ],
+)
+def test_bad_options_are_refused_before_any_training(
+    searched: StudyConfig, changes: dict[str, int], message: str
+) -> None:
+    out = io.StringIO()
+    with pytest.raises(LrsearchError, match=message):
+        decompose(searched, out=out, **changes)
+    assert out.getvalue() == ""
+
+
+def test_a_study_without_a_complete_searched_trial_has_nothing_to_decompose(
+    searched: StudyConfig,
+) -> None:
+    storage = searched.storage or ""
+    done = optuna.load_study(study_name=searched.name, storage=storage)
+    empty = optuna.create_study(study_name="empty", storage=storage, direction="maximize")
+    for key, value in done.user_attrs.items():  # the same definition, no trial
+        empty.set_user_attr(key, value)
+    empty.enqueue_trial({}, user_attrs={BASELINE_ATTR: "constant"})
+    with pytest.raises(LrsearchError, match="no complete searched trial to decompose"):
+        decompose(dataclasses.replace(searched, name="empty"), out=io.StringIO())
