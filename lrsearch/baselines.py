@@ -65,6 +65,7 @@ __all__ = [
     "ARTICLE_BASELINES",
     "BASELINES",
     "BASELINE_ATTR",
+    "DECOMPOSITION_ATTR",
     "OFFERED_ATTR",
     "REFERENCE_SHAPES",
     "baselines_for",
@@ -75,6 +76,8 @@ __all__ = [
 
 BASELINE_ATTR = "baseline"  # user attribute naming the baseline a trial is
 OFFERED_ATTR = "baselines_offered"  # study attribute: the baseline names this study queues
+# Study attribute: the latest lrsearch.decompose result, which export puts in summary.json.
+DECOMPOSITION_ATTR = "decomposition"
 
 _ARTICLE_000_STEPS = 15 * 1875  # 15 epochs of 60,000 images in batches of 32
 _ARTICLE_001_STEPS = 10 * (60_000 // 32)

@@ -130,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--top", type=int, default=3, help="searched trials to confirm (K)")
     confirm.add_argument("--epochs", type=int, required=True, help="epochs of each confirm run")
     confirm.add_argument("--seeds", type=int, default=3, help="seeds per schedule")
+    decompose = commands.add_parser(
+        "decompose",
+        help="split the search's gain into the peak LR's and the shape's",
+        description="Train the reference shapes at the study's default peak and at the best "
+        "trial's own, beside the best trial (same seeds, same batches), and say whether to "
+        "change only the peak LR, use the searched shape, or nothing.",
+    )
+    _add_study_options(decompose)
+    decompose.add_argument(
+        "--epochs", type=int, help="epochs of each run (default the study's; more: production)"
+    )
+    decompose.add_argument("--seeds", type=int, default=1, help="seeds per schedule")
+    decompose.add_argument(
+        "--around", type=int, default=0, help="peaks a factor of 2 either side of the searched"
+    )
     for name, help_text, out_help, out_default in (
         (
             "export",
@@ -243,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "confirm":
             return _confirm(args)
+        if args.command == "decompose":
+            return _decompose(args)
         if args.command == "find-lr":
             return _find_lr(args)
         if args.command in ("export", "plot", "best"):
@@ -363,15 +380,32 @@ def _find_lr(args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(args: argparse.Namespace) -> int:
-    from lrsearch.config import SEED_MAX
+def _decompose(args: argparse.Namespace) -> int:
+    from lrsearch.decompose import decompose
 
     config = _study_config(args)
-    if config.seed + args.seeds - 1 > SEED_MAX:  # confirm trains seeds seed .. seed + seeds - 1
+    _check_seeds(config, args.seeds)
+    result = decompose(
+        config, epochs=args.epochs, seeds=args.seeds, around=args.around, out=sys.stderr
+    )
+    print("\n".join(result.lines()))
+    return 0
+
+
+def _check_seeds(config: StudyConfig, seeds: int) -> None:
+    """Retraining runs seeds ``seed .. seed + seeds - 1``: the last must be a seed too."""
+    from lrsearch.config import SEED_MAX
+
+    if config.seed + seeds - 1 > SEED_MAX:
         raise LrsearchError(
-            f"--seeds {args.seeds} is not allowed with seed {config.seed}; "
+            f"--seeds {seeds} is not allowed with seed {config.seed}; "
             f"seed + seeds - 1 must be <= {SEED_MAX}"
         )
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    config = _study_config(args)
+    _check_seeds(config, args.seeds)
     from lrsearch.confirm import confirm
 
     report = confirm(config, top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr)

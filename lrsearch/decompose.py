@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import optuna
 
-from lrsearch.baselines import REFERENCE_SHAPES, peak_for, with_peak
+from lrsearch.baselines import DECOMPOSITION_ATTR, REFERENCE_SHAPES, peak_for, with_peak
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import load_study, storage_url
@@ -66,9 +66,9 @@ class Gain:
             "a": self.a,
             "b": self.b,
             "metric": f"val_{self.metric}",
-            "difference": c.difference,
-            "low": c.low if math.isfinite(c.low) else None,
-            "high": c.high if math.isfinite(c.high) else None,
+            "difference": _finite(c.difference),
+            "low": _finite(c.low),
+            "high": _finite(c.high),
             "examples": c.examples,
             "seeds": c.seeds,
             "method": c.method,
@@ -100,11 +100,15 @@ class Decomposition:
         return {
             "peak": self.peak,
             "default_peak": self.default_peak,
-            "values": {k: v if math.isfinite(v) else None for k, v in self.values.items()},
+            "values": {label: _finite(value) for label, value in self.values.items()},
             "peak_gain": self.peak_gain.as_dict(),
             "shape_gain": self.shape_gain.as_dict(),
             "advice": self.advice,
         }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN
 
 
 def peaks_around(peak: float, around: int) -> list[float]:
@@ -121,7 +125,8 @@ def decompose(
     out: TextIO,
 ) -> Decomposition:
     """Train the best searched schedule beside the reference shapes at the default peak and at
-    its own (``epochs`` long: the study's by default, longer for production length)."""
+    its own (``epochs`` long: the study's by default, longer for production length); the
+    result is kept on the study for ``summary.json``."""
     for option, given, least in (("--seeds", seeds, 1), ("--around", around, 0)):
         if given < least:
             raise LrsearchError(f"{option} {given} is not allowed; it must be >= {least}")
@@ -168,7 +173,7 @@ def decompose(
         advice = f"change only your peak LR to {best_peak:.3g} (shape {best_shape})"
     else:
         advice = "nothing beats your default beyond noise"
-    return Decomposition(
+    decomposition = Decomposition(
         peak=searched.lr,
         default_peak=default,
         values={label: s.value for label, s in scores.items()},
@@ -176,6 +181,9 @@ def decompose(
         shape_gain=shape_gain,
         advice=advice,
     )
+    length = {"epochs": epochs or config.training.epochs, "seeds": seeds}
+    search.set_user_attr(DECOMPOSITION_ATTR, {**length, **decomposition.as_dict()})
+    return decomposition
 
 
 def _label(name: str, peak: float) -> str:

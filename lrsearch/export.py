@@ -19,7 +19,7 @@ import pandas as pd
 import sqlalchemy
 from optuna.storages._rdb.models import BaseModel
 
-from lrsearch.baselines import BASELINE_ATTR
+from lrsearch.baselines import BASELINE_ATTR, DECOMPOSITION_ATTR
 from lrsearch.config import default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.paths import sqlite_file
@@ -237,6 +237,7 @@ def summary(study: optuna.Study, storage: str) -> dict[str, Any]:
             for name in (f"val_{metric}", f"test_{metric}")
         },
         "verdicts": verdict_summary(trials),
+        "decomposition": study.user_attrs.get(DECOMPOSITION_ATTR),  # from lrsearch decompose
         "states": dict(Counter(trial.state.name for trial in trials)),
         "families": dict(Counter(str(trial_family(trial)) for trial in trials)),
     }

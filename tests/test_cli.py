@@ -228,6 +228,10 @@ def test_a_bad_option_in_a_subprocess_is_one_line_and_exit_2(workdir: Path) -> N
         (["run", "--epochs", str(2**64)], f"epochs={2**64} is not allowed"),
         (["confirm", "--epochs", "3", "--seeds", "0"], "--seeds 0 is not allowed"),
         (["confirm", "--epochs", "3", "--seeds", str(2**32 + 1)], "seed + seeds - 1 must be <="),
+        (["decompose", "--seeds", "0"], "--seeds 0 is not allowed"),
+        (["decompose", "--around", "-1"], "--around -1 is not allowed"),
+        (["decompose", "--epochs", "0"], "--epochs 0 is not allowed"),
+        (["decompose"], "untouched.db' does not exist"),
         (["plot", "--study-name", "cli", "--out", "o", "--top", "0"], "--top 0 is not allowed"),
         # Output paths: checked before the study is opened.
         (["run", "--artifact-dir", "study.toml"], "--artifact-dir 'study.toml' is a file; it must"),
@@ -308,7 +312,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     defaults = ["--study", "study.toml", "--data-dir", "data"]
     if args[0] != "find-lr":  # it reads no storage, and takes no --storage
         defaults += ["--storage", "sqlite:///untouched.db"]
-    with_study = ("run", "confirm", "find-lr")
+    with_study = ("run", "confirm", "decompose", "find-lr")
     code = main([args[0], *defaults, *args[1:]] if args[0] in with_study else args)
     err = capsys.readouterr().err
     assert code == 2

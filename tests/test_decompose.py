@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -11,6 +13,7 @@ from digits_study import digits_study
 
 from lrsearch import LrsearchError
 from lrsearch.baselines import BASELINE_ATTR, REFERENCE_SHAPES
+from lrsearch.cli import main
 from lrsearch.config import StudyConfig
 from lrsearch.decompose import Decomposition, decompose, peaks_around
 from lrsearch.runner import run_study
@@ -104,3 +107,53 @@ def test_a_study_without_a_complete_searched_trial_has_nothing_to_decompose(
     empty.enqueue_trial({}, user_attrs={BASELINE_ATTR: "constant"})
     with pytest.raises(LrsearchError, match="no complete searched trial to decompose"):
         decompose(dataclasses.replace(searched, name="empty"), out=io.StringIO())
+
+
+DIGITS = """
+[study]
+name = "digits-decompose"
+n_trials = 2
+[task]
+name = "examples.custom_task:build"
+val_size = 0.2
+[training]
+epochs = 1
+batch_size = 64
+[space]
+families = ["constant", "cosine"]
+lr = [0.01, 0.3]
+"""
+
+
+def test_the_command_prints_the_gains_and_the_summary_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "examples").symlink_to(Path(__file__).parents[1] / "examples")
+    (tmp_path / "digits.toml").write_text(DIGITS)
+    monkeypatch.chdir(tmp_path)
+    study = ["--study", "digits.toml", "--storage", f"sqlite:///{tmp_path / 'd.db'}"]
+    assert main(["run", *study]) == 0
+    capsys.readouterr()
+    assert main(["decompose", *study, "--seeds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("searched peak ")
+    assert any(line.startswith("peak gain: ") and "x 2 seeds" in line for line in lines)
+    assert any(line.startswith("shape gain: ") for line in lines)
+    advice = lines[-1].removeprefix("advice: ")
+    stored = ["--storage", study[-1], "--study-name", "digits-decompose"]
+    assert main(["export", *stored, "--out", "out"]) == 0
+    kept = json.loads((tmp_path / "out" / "summary.json").read_text())["decomposition"]
+    assert (kept["advice"], kept["seeds"], kept["epochs"]) == (advice, 2, 1)
+    assert kept["shape_gain"]["seeds"] == 2
+
+
+def test_the_command_refuses_seeds_past_the_last_seed_in_one_line(
+    searched: StudyConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lrsearch.config import SEED_MAX
+
+    stored = ["--storage", searched.storage or "", "--study-name", searched.name]
+    code = main(["decompose", *stored, "--seeds", str(SEED_MAX + 2)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"lrsearch: error: --seeds {SEED_MAX + 2} is not allowed")
