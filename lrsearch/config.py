@@ -38,7 +38,7 @@ __all__ = [
 
 SamplerName = Literal["tpe", "tpe-independent", "random"]
 PrunerName = Literal["none", "median", "percentile", "hyperband"]
-OptimizerName = Literal["sgd", "adam", "adamw"]
+OptimizerName = Literal["sgd", "adam", "adamw", "adamw-schedulefree"]
 
 # numpy's generators, and so Optuna's samplers, take seeds in [0, 2**32 - 1] only.
 SEED_MAX = 2**32 - 1

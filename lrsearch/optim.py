@@ -8,6 +8,13 @@ against torch.optim itself. Gradient clipping is ``torch.nn.utils.clip_grad_norm
 to each member's own gradients: one member's large gradient never shrinks another's step.
 fp16 loss scaling is ``torch.amp.GradScaler``'s, again per member: one member's overflow
 skips its own step only.
+
+``adamw-schedulefree`` is schedule-free AdamW (Defazio et al. 2024, "The Road Less
+Scheduled"), the ``schedulefree`` package's ``AdamWScheduleFree`` update (r = 0,
+weight_lr_power = 2, warmup from the schedule rather than its own), with each member's
+running weight sum and largest LR so far kept apart. The parameters hold the point the
+gradient is taken at (y) while training; ``eval()`` moves them to the average (x) that the
+method evaluates, ``train()`` back. A member at LR 0 neither moves nor adds to its average.
 """
 
 from __future__ import annotations
@@ -112,6 +119,29 @@ class MemberOptimizer:
             config.weight_decay if config.decay_all or matrix else 0.0 for matrix in matrices
         ]
         self.scaler = MemberScaler(members, self.params[0].device) if config.fp16 else None
+        device = self.params[0].device
+        self.weight_sum = torch.zeros(members, dtype=torch.float64, device=device)
+        self.lr_max = torch.zeros(members, dtype=torch.float64, device=device)
+        self.averaged = False  # schedule-free: the parameters hold x (eval) rather than y
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Schedule-free: the parameters become the averaged weights x; else nothing."""
+        self._move_to_average(True)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Schedule-free: the parameters go back to the gradient point y; else nothing."""
+        self._move_to_average(False)
+
+    def _move_to_average(self, averaged: bool) -> None:
+        if self.config.optimizer != "adamw-schedulefree" or self.averaged == averaged:
+            return
+        beta1 = self.config.beta1
+        for param, state in zip(self.params, self.state, strict=True):
+            if "z" in state:  # y = b x + (1 - b) z  <=>  x = (y - (1 - b) z) / b
+                param.lerp_(state["z"], 1 - 1 / beta1 if averaged else 1 - beta1)
+        self.averaged = averaged
 
     def scaled(self, losses: torch.Tensor) -> torch.Tensor:
         """The members' losses ``[members]`` to backpropagate: scaled for fp16, else as they are."""
@@ -166,11 +196,14 @@ class MemberOptimizer:
         config = self.config
         if config.clip_norm is not None:
             self.clip(config.clip_norm)
+        mix = self._average_weight(lr) if config.optimizer == "adamw-schedulefree" else None
         for param, state, decay in zip(self.params, self.state, self.decay, strict=True):
             if param.grad is None:
                 continue
             rate = self._per_row(lr, param)
-            if config.optimizer == "sgd":
+            if mix is not None:
+                self._schedule_free(param, param.grad, rate, mix, state, decay)
+            elif config.optimizer == "sgd":
                 self._sgd(param, param.grad, rate, state, decay)
             else:
                 self._adam(param, param.grad, rate, state, decay)
@@ -228,3 +261,38 @@ class MemberOptimizer:
         corrections2_sqrt = self._per_row(((1 - beta2**counts) ** 0.5).float(), param)
         denom = (exp_avg_sq.sqrt() / corrections2_sqrt).add_(config.eps)
         param.addcdiv_(exp_avg * rate / corrections1, denom, value=-1)
+
+    def _average_weight(self, lr: torch.Tensor) -> torch.Tensor:
+        """Each member's weight of this step's point in its average x: ``lr_max ** 2`` over
+        the running sum (``ckp1`` in the package); 0 for a member at LR 0."""
+        moving = lr > 0
+        self.lr_max = torch.maximum(self.lr_max, lr.double())
+        weight = torch.where(moving, self.lr_max**2, 0.0)
+        self.weight_sum += weight
+        share = torch.where(self.weight_sum > 0, weight / self.weight_sum, 0.0)
+        return share.float()
+
+    def _schedule_free(
+        self,
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        rate: torch.Tensor,
+        mix: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        decay: float,
+    ) -> None:
+        beta1, beta2 = self.config.beta1, self.config.beta2
+        mix = self._per_row(mix, param)
+        if not state:
+            state["z"] = param.clone()
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        z, exp_avg_sq = state["z"], state["exp_avg_sq"]
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        counts = torch.tensor(self.steps, dtype=torch.float64, device=param.device)
+        correction2 = self._per_row((1 - beta2**counts).float(), param)
+        normalized = grad / (exp_avg_sq / correction2).sqrt().add_(self.config.eps)
+        if decay:
+            normalized.add_(param, alpha=decay)
+        param.lerp_(z, mix)
+        param.add_(normalized * rate * (beta1 * (1 - mix) - 1))
+        z.sub_(normalized * rate)

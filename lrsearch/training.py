@@ -380,7 +380,9 @@ def train_population(
                 break
         if not track.check(training, worst_loss, step):
             break
+        optimizer.eval()  # schedule-free evaluates its averaged weights; others: no-op
         figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, amp)
+        optimizer.train()
         track.epoch_done(
             epoch + 1, _values(task, figures), figures, (loss_sum / per_epoch).tolist()
         )
@@ -390,6 +392,7 @@ def train_population(
                 training[index] = 0.0
         if not track.any_training():
             break
+    optimizer.eval()
     if track.evaluated_at != step:
         figures = _evaluate(stacked, task, task.val_images, task.val_labels, config, amp)
         track.final_val(_values(task, figures), figures)

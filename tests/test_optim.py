@@ -174,3 +174,74 @@ def test_fp16_loss_scaling_matches_grad_scaler_member_by_member(optimizer: str) 
     assert len({s.get_scale() for s in scalers}) > 1  # the overflows made the scales differ
     for k, param in enumerate(alone):
         torch.testing.assert_close(member_rows(stacked, k, members), param, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1e-2])
+def test_schedule_free_matches_the_package_member_by_member_in_train_and_eval(
+    decay: float,
+) -> None:
+    schedulefree = pytest.importorskip("schedulefree")
+    config = TrainConfig(optimizer="adamw-schedulefree", weight_decay=decay, beta2=0.99)
+    members, rows = 3, 4
+    generator = torch.Generator().manual_seed(0)
+    stacked = torch.randn(members * rows, 5, generator=generator).requires_grad_()
+    alone = [member_rows(stacked, k, members).detach().clone() for k in range(members)]
+    # A warmup from 0 then each member's own LRs; the package's own warmup is off.
+    lrs = [[0.0, 0.0, 0.0], [0.05, 0.01, 0.1], [0.1, 0.02, 0.05], [0.1, 0.02, 0.01]]
+    ours = MemberOptimizer([stacked], members, config)
+    theirs = []
+    for param in alone:
+        param.requires_grad_()
+        optimizer = schedulefree.AdamWScheduleFree(
+            [param],
+            lr=0.0,
+            betas=(config.beta1, config.beta2),
+            eps=config.eps,
+            weight_decay=decay,
+            warmup_steps=0,
+            foreach=False,
+        )
+        optimizer.train()
+        theirs.append(optimizer)
+    for step_lrs in lrs:
+        grads = torch.randn(members * rows, 5, generator=generator)
+        stacked.grad = grads.clone()
+        ours.step(torch.tensor(step_lrs))
+        for k, (param, optimizer) in enumerate(zip(alone, theirs, strict=True)):
+            param.grad = member_rows(grads, k, members).clone()
+            optimizer.param_groups[0]["lr"] = step_lrs[k]
+            optimizer.step()
+    for mode in ("eval", "train"):  # the averaged weights x, then back to y
+        getattr(ours, mode)()
+        for k, (param, optimizer) in enumerate(zip(alone, theirs, strict=True)):
+            getattr(optimizer, mode)()
+            torch.testing.assert_close(
+                member_rows(stacked, k, members), param, rtol=1e-5, atol=1e-6
+            )
+
+
+def test_schedule_free_eval_changes_the_weights_and_other_optimizers_ignore_it() -> None:
+    for name, moves in (("adamw-schedulefree", True), ("adamw", False)):
+        param = torch.ones(4, 3, requires_grad=True)
+        optimizer = MemberOptimizer([param], 2, TrainConfig(optimizer=name))
+        for _ in range(3):
+            param.grad = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+            optimizer.step(torch.tensor([0.1, 0.1]))
+        before = param.detach().clone()
+        optimizer.eval()
+        optimizer.eval()  # twice is once
+        assert (not torch.equal(param, before)) == moves
+        optimizer.train()
+        torch.testing.assert_close(param, before)
+
+
+def test_a_schedule_free_member_at_lr_zero_does_not_move() -> None:
+    param = torch.ones(4, 3, requires_grad=True)
+    optimizer = MemberOptimizer([param], 2, TrainConfig(optimizer="adamw-schedulefree"))
+    param.grad = torch.ones(4, 3)
+    optimizer.step(torch.tensor([0.1, 0.1]))
+    frozen = param[2:].detach().clone()
+    param.grad = torch.ones(4, 3)
+    optimizer.step(torch.tensor([0.1, 0.0]))
+    torch.testing.assert_close(param[2:], frozen)
+    assert not torch.equal(param[:2], torch.ones(2, 3))

@@ -527,3 +527,39 @@ def test_fp16_off_cuda_is_one_line_naming_the_setting(task: Task) -> None:
     with pytest.raises(LrsearchError, match=r"training\.fp16 needs a CUDA device") as refused:
         train(task, Cosine(lr=0.05), TrainConfig(epochs=1, batch_size=32, fp16=True), seed=0)
     assert "\n" not in str(refused.value)
+
+
+def test_schedule_free_evaluates_its_averaged_weights_and_trains_on_the_others(
+    task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lrsearch.training as training
+    from lrsearch.optim import MemberOptimizer
+
+    seen: list[bool] = []
+    original = training._evaluate
+    made: list[MemberOptimizer] = []
+    init = MemberOptimizer.__init__
+
+    def remember(self: MemberOptimizer, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        seen.append(made[-1].averaged)
+        return original(*args, **kwargs)
+
+    stepped: list[bool] = []
+    step = MemberOptimizer.step
+
+    def step_on_y(self: MemberOptimizer, lr: torch.Tensor) -> None:
+        stepped.append(self.averaged)
+        step(self, lr)
+
+    monkeypatch.setattr(MemberOptimizer, "__init__", remember)
+    monkeypatch.setattr(MemberOptimizer, "step", step_on_y)
+    monkeypatch.setattr(training, "_evaluate", evaluate)
+    config = TrainConfig(epochs=2, batch_size=64, optimizer="adamw-schedulefree")
+    result, _ = run(task, Constant(lr=0.005, warmup=0.1), config)
+    assert seen and all(seen)  # every evaluation (each epoch's and the test's) on x
+    assert len(stepped) == 2 * steps_per_epoch(task, config) and not any(stepped)  # on y
+    assert math.isfinite(result.val_accuracy) and result.diverged_step is None
