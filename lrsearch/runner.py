@@ -166,6 +166,9 @@ class StudyReport:
                     for split in ("val", "test")
                 ]
         rows += verdict_rows(self.trials, confirm)
+        if best_trial(self.trials, baseline=False) is not None:
+            decompose = confirm.replace("lrsearch confirm", "lrsearch decompose", 1)
+            rows.append(("peak or shape?", f"run {decompose} to tell what to change"))
         rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)
         return [f"{key:<{width}}  {value}" for key, value in rows]

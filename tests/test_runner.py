@@ -239,3 +239,18 @@ def test_the_summary_names_a_baseline_that_is_best_overall_as_such(tmp_path: Pat
     assert best.split(None, 2) == ["best", "overall", "trial 0, the baseline cosine-warmup-004"]
     best_searched = StudyReport("s", "sqlite:///s.db", 2, trials[1:], tmp_path).lines()
     assert any(line.split() == ["best", "trial", "1"] for line in best_searched)
+
+
+def test_the_summary_points_to_decompose_only_when_a_searched_trial_completed(
+    tmp_path: Path,
+) -> None:
+    schedule = make_schedule("constant", {"lr": 0.1}).to_dict()
+    attrs = {"schedule": schedule, "val_accuracy": 0.9}
+    baseline = optuna.trial.create_trial(value=0.9, user_attrs={**attrs, "baseline": "constant"})
+    searched = optuna.trial.create_trial(value=0.8, user_attrs=attrs)
+    command = "lrsearch confirm --study s.toml"
+    alone = StudyReport("s", "sqlite:///s.db", 1, [baseline], tmp_path).lines(confirm=command)
+    both = StudyReport("s", "sqlite:///s.db", 2, [baseline, searched], tmp_path).lines(command)
+    assert not any(line.startswith("peak or shape?") for line in alone)
+    (hint,) = [line for line in both if line.startswith("peak or shape?")]
+    assert hint.endswith("run lrsearch decompose --study s.toml to tell what to change")
