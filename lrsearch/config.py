@@ -68,7 +68,7 @@ class TrainConfig:
     nesterov: bool = False  # SGD only
     weight_decay: float = 0.0
     # False: weight decay only on weight matrices (parameters of two or more dimensions), not
-    # on norms, biases or embeddings, as minGPT and nanoGPT do for transformers.
+    # on norms, biases or embeddings, as minGPT does (nanoGPT today decays embeddings too).
     decay_all: bool = True
     beta1: float = 0.9  # Adam and AdamW; torch.optim's defaults
     beta2: float = 0.999
