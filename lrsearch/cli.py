@@ -1,7 +1,8 @@
 """The command line: parse, delegate to library functions, map user errors to exit code 2.
 
 Every ``LrsearchError`` becomes one line on stderr; Ctrl-C exits 130 after
-Optuna has marked the interrupted trial failed, so the next run resumes.
+Optuna has marked the interrupted trial failed, so the next run resumes; SIGTERM
+and SIGHUP do the same and exit 143 and 129 (128 + the signal's number).
 With ``--debug`` (or ``LRSEARCH_DEBUG=1``) the line follows the traceback of
 its cause, for the author of a task module that raised.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -244,11 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exception(error.__cause__, file=sys.stderr)
         print(f"lrsearch: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "lrsearch: interrupted; the study is saved and the next run resumes it", file=sys.stderr
-        )
-        return 130
+    except KeyboardInterrupt as error:  # Ctrl-C, or a stop signal (runner.STOP_SIGNALS)
+        number = getattr(error, "signum", signal.SIGINT)
+        how = "interrupted" if number == signal.SIGINT else f"stopped by {error}"
+        print(f"lrsearch: {how}; the study is saved and the next run resumes it", file=sys.stderr)
+        return 128 + number
 
 
 def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:

@@ -301,7 +301,7 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
         raise LrsearchError(
             f"task {task!r}: cannot import {module_name!r} ({err}); {expected}"
         ) from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # sys.exit in user code is user code failing
         raise LrsearchError(f"task {task!r}: importing {module_name!r} {_raised(err)}") from err
     build = getattr(module, function_name, None)
     if not callable(build):
@@ -312,7 +312,7 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
         source = build(data_dir)
     except LrsearchError as err:  # TaskSource's own checks, or the task's
         raise LrsearchError(f"task {task!r}: {err}") from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # sys.exit in user code is user code failing
         raise LrsearchError(f"task {task!r}: {function_name} {_raised(err)}") from err
     if not isinstance(source, TaskSource):
         raise LrsearchError(
@@ -321,7 +321,7 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
     return source
 
 
-def _raised(error: Exception) -> str:
+def _raised(error: BaseException) -> str:
     """``raised ValueError: its message``, on one line."""
     lines = str(error).strip().splitlines()
     return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
@@ -381,7 +381,7 @@ def _check_model(task: str, name: str, source: TaskSource) -> None:
     state = torch.random.get_rng_state()  # building draws from the global generator
     try:
         model = source.models[name]()
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise LrsearchError(f"{where} {_raised(error)}") from error
     finally:
         torch.random.set_rng_state(state)
@@ -391,7 +391,7 @@ def _check_model(task: str, name: str, source: TaskSource) -> None:
     try:
         with torch.no_grad():
             logits = model.eval()(images)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise LrsearchError(
             f"{where} cannot take the task's images of shape {tuple(images.shape[1:])}: "
             f"{_raised(error)}"
