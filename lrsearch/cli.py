@@ -247,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lrsearch: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:  # Ctrl-C, or a stop signal (runner.STOP_SIGNALS)
+        for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # on the way out
+            signal.signal(ignored, signal.SIG_IGN)
         number = getattr(error, "signum", signal.SIGINT)
         how = "interrupted" if number == signal.SIGINT else f"stopped by {error}"
         print(f"lrsearch: {how}; the study is saved and the next run resumes it", file=sys.stderr)

@@ -48,6 +48,8 @@ def read_document(
         return parse(text)
     except syntax as problem:
         raise error(f"{where} is not valid {form}: {describe(problem)}") from None
+    except LrsearchError as problem:  # the parser's own checks (a duplicate key, say)
+        raise error(f"{where} is not valid {form}: {problem}") from None
     except (ValueError, RecursionError) as problem:
         too_much = (
             "nests too deeply" if isinstance(problem, RecursionError) else "has a huge number"
