@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_study_options(find_lr)
     find_lr.add_argument(
-        "--out", type=Path, default=Path("lr_find.png"), help="the plot (PNG); default lr_find.png"
+        "--out", type=_file, default=Path("lr_find.png"), help="the plot (PNG); default lr_find.png"
     )
     find_lr.add_argument("--start", type=float, default=1e-7, help="first LR (default 1e-7)")
     find_lr.add_argument("--end", type=float, default=10.0, help="last LR (default 10)")
@@ -152,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--storage", metavar="URL", help="default sqlite:///.lrsearch/<study-name>.db"
         )
         results.add_argument(
-            "--out", type=Path, required=out_default is None, default=out_default, help=out_help
+            "--out",
+            type=_file if out_help == "file" else Path,
+            required=out_default is None,
+            default=out_default,
+            help=out_help,
         )
         if name == "best":
             results.add_argument(
@@ -209,6 +213,15 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         metavar="N|FRACTION",
         help="validation images carved from the training set: a count (5000) or a fraction (0.1)",
     )
+
+
+def _file(text: str) -> Path:
+    """A file to write; ``newdir/`` names a folder (``Path`` would drop the slash)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names a folder; give a file name, e.g. {text}best_schedule.json"
+        )
+    return Path(text)
 
 
 def _val_size(text: str) -> int | float:

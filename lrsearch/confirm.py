@@ -35,7 +35,7 @@ from lrsearch.stats import (
     pack_correct,
 )
 from lrsearch.storage import redact
-from lrsearch.study import check_definition, open_study, score
+from lrsearch.study import CONFIRM_SUFFIX, check_definition, open_study, score
 from lrsearch.training import Member, population_size, steps_per_epoch, train_population
 from lrsearch.verdict import run_scores
 
@@ -49,8 +49,6 @@ __all__ = [
     "save_best_confirmed",
     "spearman",
 ]
-
-CONFIRM_SUFFIX = ".confirm"
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

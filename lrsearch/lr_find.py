@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.optim import MemberOptimizer
+from lrsearch.paths import write_outputs
 from lrsearch.space import LR_RANGE_ATTR
 from lrsearch.tasks import Task
 from lrsearch.training import TrainConfig, steps_per_epoch, uses_bf16
@@ -290,4 +292,4 @@ def save_plot(found: LrRange, path: Path) -> None:
     axes.set_ylabel("training loss")
     axes.set_title(found.describe().split(";")[0], fontsize=10)
     axes.legend()
-    figure.savefig(path)
+    write_outputs({path: partial(figure.savefig, format="png")}, "--out")

@@ -45,6 +45,7 @@ from lrsearch.storage import (
     storage_failure,
 )
 from lrsearch.study import (
+    CONFIRM_SUFFIX,
     best_trial,
     dashboard_command,
     default_artifact_dir,
@@ -325,6 +326,11 @@ def load_study_task(config: StudyConfig) -> Task:
 def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Run:
     """Open the storage, fail the trials of dead processes, say where to watch, and queue
     the baselines (once per study, on top of the searched trials)."""
+    if config.name.endswith(CONFIRM_SUFFIX):
+        raise LrsearchError(
+            f"study name {config.name!r} ends with {CONFIRM_SUFFIX!r}, which names the study "
+            "where lrsearch confirm records its runs; pick another name"
+        )
     storage = config.storage or default_storage(config.name)
     quiet_optuna()
     study = open_study(config, storage)

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lrsearch.errors import LrsearchError, read_document
+from lrsearch.paths import write_outputs
 
 if TYPE_CHECKING:
     import torch
@@ -320,22 +320,15 @@ class Schedule:
     def save(
         self, path: str | os.PathLike[str], *, source: Mapping[str, Any] | None = None
     ) -> None:
-        """Write the schedule as JSON (atomically: a reader never sees half a file)."""
+        """Write the schedule as JSON (atomically: a reader never sees half a file; a failure
+        is one ``LrsearchError`` and leaves nothing behind)."""
         document = self.to_dict()
         if source is not None:
             document["source"] = dict(source)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"  # fails before any file
-        with tempfile.NamedTemporaryFile(
-            "w", dir=target.parent, suffix=".tmp", delete=False
-        ) as handle:
-            handle.write(text)
-        try:
-            os.replace(handle.name, target)
-        except OSError:
-            os.unlink(handle.name)  # onto a folder, say: no stray temporary file beside it
-            raise
+        write_outputs({target: lambda file: file.write_text(text, encoding="utf-8")}, "schedule")
 
     def describe(self) -> str:
         """The schedule in words: family and every parameter that differs from its default."""

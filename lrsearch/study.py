@@ -31,6 +31,7 @@ from lrsearch.storage import (
 )
 
 __all__ = [
+    "CONFIRM_SUFFIX",
     "OBJECTIVES",
     "best_trial",
     "check_definition",
@@ -54,6 +55,7 @@ DEFINITION_ATTR = "definition"
 # Settings added to the definition after studies existed, with the value those studies had.
 ADDED_SETTINGS = {"seeds": 1, "objective": "val_accuracy"}
 SEEDS_ATTR = "train_seeds"  # the seeds every trial trains with, set when the study is created
+CONFIRM_SUFFIX = ".confirm"  # the study ``lrsearch confirm`` records its runs in: <study>.confirm
 
 
 def dashboard_command(storage: str, artifact_dir: Path) -> str:

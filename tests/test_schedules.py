@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.optim.lr_scheduler import LambdaLR
 
+from lrsearch.errors import LrsearchError
 from lrsearch.schedules import (
     FAMILIES,
     FORMAT,
@@ -476,7 +477,7 @@ def test_bad_files_are_refused_naming_the_file(
 def test_saving_onto_a_folder_fails_without_leaving_a_temporary_file(tmp_path: Path) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(LrsearchError, match="Is a directory"):
         EXAMPLES["cosine"].save(folder)
     assert sorted(tmp_path.rglob("*")) == [folder]
 
