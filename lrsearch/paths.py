@@ -70,7 +70,9 @@ def _check_regular(path: Path, what: str) -> None:
         return
     except OSError as error:
         raise LrsearchError(f"{what} {str(path)!r} cannot be checked: {error.strerror}") from None
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+    if stat.S_ISDIR(mode):
+        raise LrsearchError(f"{what} {str(path)!r} is a folder; it must be a file name")
+    if not stat.S_ISREG(mode):
         raise LrsearchError(
             f"{what} {str(path)!r} is not a regular file (a device, a pipe or a link); "
             "give the name of a file to write"
@@ -86,9 +88,10 @@ def write_outputs(files: Mapping[Path, Callable[[Path], object]], what: str) -> 
     temporary: dict[Path, Path] = {}
     mode = 0o666 & ~_umask()
     target = next(iter(files), Path())
+    for target in files:  # all of them first: a folder at the last would leave a half set
+        _check_regular(target, what)
     try:
         for target, write in files.items():
-            _check_regular(target, what)
             handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             os.close(handle)
             temporary[target] = Path(name)
