@@ -18,6 +18,10 @@ from lrsearch.config import StudyConfig, study_from_table
 from lrsearch.lr_find import (
     HIGH_DIVISOR,
     SPAN,
+    _blow_up,
+    _BlowUpWatch,
+    _per_decade,
+    _smooth,
     auto_lr_range,
     find_lr,
     save_plot,
@@ -125,7 +129,8 @@ def test_adam_is_given_a_lower_range_than_sgd_with_momentum(digits: Task) -> Non
 @pytest.mark.parametrize(
     ("start", "end", "steps", "message"),
     [(0.0, 10.0, 100, "span"), (1.0, 0.1, 100, "span"), (1e-7, math.inf, 100, "span"),
-     (math.nan, 1.0, 100, "span"), (1e-7, 10.0, 5, "steps=5")],
+     (math.nan, 1.0, 100, "span"), (1e-7, 10.0, 5, "steps=5"),
+     (1e-7, 10.0, 10_000_000, "steps=10000000")],
 )  # fmt: skip
 def test_a_bad_span_is_refused_before_training(
     digits: Task, start: float, end: float, steps: int, message: str
@@ -192,3 +197,22 @@ def test_baselines_without_auto_stay_at_the_ranges_centre() -> None:
     space = space_from_table({"lr": [1e-4, 1e-2]})
     assert baselines_for(space)["constant"].lr == pytest.approx(1e-3)
     assert isinstance(space.settings["constant"]["lr"], FloatRange)
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        np.r_[np.linspace(2.3, 0.5, 150), np.linspace(0.5, 40, 50)],  # falls, then blows up
+        np.r_[np.linspace(2.3, 1.0, 80), np.full(120, 2.3)],  # back at chance after a fall
+        np.r_[np.full(3, 2.3), math.nan, np.full(196, 2.3)],  # NaN
+        np.full(200, 2.3) + np.linspace(0, 0.01, 200),  # never blows up
+    ],
+)
+def test_the_step_by_step_watch_decides_as_smoothing_the_whole_history(
+    losses: np.ndarray,
+) -> None:
+    """find_lr asks after every step in O(1); its answer is the whole curve's."""
+    per_decade = _per_decade(LRS)
+    watch = _BlowUpWatch(per_decade)
+    stopped = next((i for i, loss in enumerate(losses) if watch.blew_up(float(loss))), None)
+    assert stopped == _blow_up(_smooth(losses, per_decade))
