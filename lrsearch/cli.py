@@ -337,15 +337,11 @@ def _find_lr(args: argparse.Namespace) -> int:
 
 
 def _confirm(args: argparse.Namespace) -> int:
-    from lrsearch.config import SEED_MAX
+    from lrsearch.config import check_seeds
     from lrsearch.confirm import confirm
 
     config = _study_config(args)
-    if config.seed + args.seeds - 1 > SEED_MAX:  # confirm trains seeds seed .. seed + seeds - 1
-        raise LrsearchError(
-            f"--seeds {args.seeds} is not allowed with seed {config.seed}; "
-            f"seed + seeds - 1 must be <= {SEED_MAX}"
-        )
+    check_seeds("--seeds", args.seeds, config.seed)  # confirm trains seed .. seed + seeds - 1
     report = confirm(config, top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr)
     print("\n".join(report.lines()))
     return 0

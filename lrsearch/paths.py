@@ -66,8 +66,8 @@ def _check_regular(path: Path, what: str) -> None:
     replace the device node, and a FIFO would block."""
     try:
         mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there yet; its folder is checked on its own
     except OSError as error:
         raise LrsearchError(f"{what} {str(path)!r} cannot be checked: {error.strerror}") from None
     if stat.S_ISDIR(mode):

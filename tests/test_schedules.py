@@ -477,7 +477,7 @@ def test_bad_files_are_refused_naming_the_file(
 def test_saving_onto_a_folder_fails_without_leaving_a_temporary_file(tmp_path: Path) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
-    with pytest.raises(LrsearchError, match="Is a directory"):
+    with pytest.raises(LrsearchError, match="is a folder"):
         EXAMPLES["cosine"].save(folder)
     assert sorted(tmp_path.rglob("*")) == [folder]
 
