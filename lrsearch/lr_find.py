@@ -32,6 +32,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.optim import MemberOptimizer
 from lrsearch.paths import write_outputs
 from lrsearch.space import LR_RANGE_ATTR
+from lrsearch.storage import claim_once, claimer_alive
 from lrsearch.tasks import Task
 from lrsearch.training import TrainConfig, steps_per_epoch, uses_bf16
 
@@ -46,6 +47,7 @@ __all__ = [
 
 STEPS = 200  # fastai and Lightning take 100; twice that halves the noise of each LR's loss
 MAX_STEPS = 10_000  # fifty times the default: a sweep that long has long stopped informing
+RANGE_CLAIM = "lrsearch:lr_range"  # study system attribute: the process running the range test
 # The EMA's window, in decades of LR. fastai's factor 0.98 averages about 50 steps, which at
 # 100 steps over 8 decades is 4 decades: the smoothed minimum then lags the raw one far to the
 # right. A third of a decade keeps the lag below the precision the range needs.
@@ -291,6 +293,14 @@ def auto_lr_range(
     if not config.space.auto_lr:
         return None
     stored = study.user_attrs.get(LR_RANGE_ATTR)
+    if stored is None and not claim_once(study, RANGE_CLAIM):
+        # Processes started together on a new study: one runs the test, the others wait
+        # for its result (or run it themselves if that process died before storing it).
+        print("lr = 'auto': waiting for the range test another process runs", file=out)
+        while (stored := study.user_attrs.get(LR_RANGE_ATTR)) is None and claimer_alive(
+            study, RANGE_CLAIM
+        ):
+            time.sleep(1)
     if stored is None:
         print("lr = 'auto': running the learning-rate range test", file=out)
         found = find_lr(task, config.training, seed=config.seed)

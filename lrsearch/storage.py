@@ -36,6 +36,7 @@ __all__ = [
     "STORAGE_ERRORS",
     "check_run_storage",
     "claim_once",
+    "claimer_alive",
     "create_stamped_study",
     "fail_dead_trials",
     "first_line",
@@ -310,6 +311,15 @@ def claim_once(study: optuna.Study, key: str) -> bool:
         session.rollback()
         raise optuna.exceptions.StorageInternalError("claiming the study failed") from error
     return True
+
+
+def claimer_alive(study: optuna.Study, key: str) -> bool:
+    """Whether the process that claimed ``key`` may still be at work: alive on this host, or
+    on another host (which this one cannot see)."""
+    claim = study._storage.get_study_system_attrs(study._study_id).get(key)
+    if not isinstance(claim, dict) or claim.get("host") != socket.gethostname():
+        return True
+    return _alive(claim.get("pid"))
 
 
 def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

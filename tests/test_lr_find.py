@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from lrsearch.baselines import baselines_for, enqueue_baselines
 from lrsearch.config import StudyConfig, study_from_table
 from lrsearch.lr_find import (
     HIGH_DIVISOR,
+    RANGE_CLAIM,
     SPAN,
     _blow_up,
     _BlowUpWatch,
@@ -168,6 +173,30 @@ def test_auto_runs_once_stores_the_range_and_a_resume_reuses_it(digits: Task) ->
     broken = dataclasses.replace(digits, build_model=lambda: 1 / 0)  # would fail if trained
     assert auto_lr_range(study, config, broken, again) == (low, high)
     assert again.getvalue() == ""
+
+
+def test_processes_on_one_new_study_run_the_range_test_once(digits: Task) -> None:
+    """The first to claim it runs it; another waits for its result, or runs it itself when
+    that process died before storing it."""
+    config = auto_config()
+    study = optuna.create_study(direction="maximize")
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    claim = {"host": socket.gethostname(), "pid": gone.pid}
+    study._storage.set_study_system_attr(study._study_id, RANGE_CLAIM, claim)
+    out = io.StringIO()
+    found = auto_lr_range(study, config, digits, out)
+    assert "waiting for the range test" in out.getvalue()
+    assert "running the learning-rate range test" in out.getvalue()
+    stored = study.user_attrs[LR_RANGE_ATTR]
+    assert found == (stored["low"], stored["high"])
+
+    alive = {"host": socket.gethostname(), "pid": os.getpid()}  # at work, and done below
+    other = optuna.create_study(direction="maximize")
+    other._storage.set_study_system_attr(other._study_id, RANGE_CLAIM, alive)
+    other.set_user_attr(LR_RANGE_ATTR, stored)
+    broken = dataclasses.replace(digits, build_model=lambda: 1 / 0)  # would fail if trained
+    assert auto_lr_range(other, config, broken, io.StringIO()) == found
 
 
 def test_a_study_file_range_runs_no_test(digits: Task) -> None:

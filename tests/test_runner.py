@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 import signal
 import subprocess
 import time
@@ -204,3 +205,23 @@ def test_user_code_that_exits_while_the_task_loads_is_one_line_and_writes_nothin
     assert_one_line(err, "lrsearch: error: task 'faulty_task:build': ")
     assert "SystemExit" in err
     assert not (tmp_path / ".lrsearch").exists()
+
+
+@pytest.mark.slow
+def test_an_artifact_folder_removed_mid_run_is_one_line_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    """Its trials' LR curves can no longer be stored: the run ends as on a failed storage."""
+    study = FAULTY_STUDY.replace("[training]\n", "[training]\npopulation = 1\n")
+    (tmp_path / "study.toml").write_text('[study]\nname = "f"\nn_trials = 40\n' + study)
+    run = real_runs.start(tmp_path, "--study", "study.toml", "--epochs", "3")
+    url = f"sqlite:///{tmp_path / '.lrsearch' / 'f.db'}"
+    real_runs.wait_for(run, real_runs.training(url, "f"), "a trial training")
+    shutil.rmtree(tmp_path / ".lrsearch" / "f-artifacts")
+    _, err = real_runs.finish(run)
+    assert run.returncode == 2, err
+    assert_one_line(err, "lrsearch: error: artifact folder ")
+    assert "failed during the run: No such file or directory" in err
+    done = real_runs.trials(url, "f")
+    assert State.RUNNING not in {t.state for t in done}
+    assert State.FAIL in {t.state for t in done}
