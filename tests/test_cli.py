@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import real_runs
 from idx_files import write_mnist_like
 
 from lrsearch import Schedule
@@ -106,7 +107,7 @@ def lrsearch(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=workdir,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=real_runs.SAFETY,
         check=False,
     )
 
@@ -403,7 +404,7 @@ def test_debug_prints_the_causes_traceback_before_the_one_line(
         cwd=workdir,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=real_runs.SAFETY,
         check=False,
         env=env,
     )

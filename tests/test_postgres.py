@@ -42,7 +42,7 @@ def test_two_machines_share_one_study_exactly(tmp_path: Path) -> None:
     name = f"pg-{uuid.uuid4().hex[:8]}"
     runs = [start(tmp_path, URL, name, "--n-trials", "3") for _ in range(2)]
     for run in runs:
-        out, err = run.communicate(timeout=300)
+        out, err = run.communicate(timeout=real_runs.SAFETY)
         assert run.returncode == 0, err
         assert URL not in out + err  # the password is never printed
     trials = optuna.load_study(study_name=name, storage=URL).trials
@@ -55,7 +55,7 @@ def test_two_machines_share_one_study_exactly(tmp_path: Path) -> None:
 def test_wrong_credentials_are_one_line_exit_2_without_the_password(tmp_path: Path) -> None:
     wrong = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:not-the-password@", URL)
     run = start(tmp_path, wrong, "never", "--workers", "2")
-    _, err = run.communicate(timeout=120)
+    _, err = run.communicate(timeout=real_runs.SAFETY)
     assert run.returncode == 2
     assert err.startswith("lrsearch: error: cannot open storage") and err.count("\n") == 1
     assert "not-the-password" not in err and "***" in err
