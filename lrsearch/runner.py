@@ -36,6 +36,7 @@ from lrsearch.schedules import Schedule
 from lrsearch.space import suggest_schedule
 from lrsearch.stats import mean_se, pack_correct
 from lrsearch.storage import (
+    FAILING_STORAGE,
     STORAGE_ERRORS,
     claim_once,
     fail_dead_trials,
@@ -447,13 +448,17 @@ def _hard_timeout(timeout: float | None) -> Iterator[None]:
 @contextlib.contextmanager
 def _failed_on_the_way_out(run: Run, task: Task, trials: list[optuna.Trial]) -> Iterator[None]:
     """Whatever ends a population early (a second stop signal, a hang past the timeout, the
-    user's code calling ``sys.exit`` or raising KeyboardInterrupt) leaves none of its trials
-    RUNNING. An interrupt can land inside a storage call and leave its transaction open,
-    holding SQLite's lock against every other process: it is rolled back first."""
+    user's code calling ``sys.exit`` or raising KeyboardInterrupt, the artifact folder failing,
+    a bug) leaves none of its trials RUNNING; a failing storage alone leaves them for the next
+    run to fail and re-queue. An interrupt can land inside a storage call and leave its
+    transaction open, holding SQLite's lock against every other process: it is rolled back
+    first."""
     try:
         yield
-    except LrsearchError as error:  # the artifact folder failed, say
-        _fail(run, trials, str(error))
+    except (Interrupted, *FAILING_STORAGE):
+        raise  # the trials are failed already; or left, with the storage that failed
+    except Exception as error:  # the artifact folder failed, say (an LrsearchError), or a bug
+        _fail(run, trials, f"{type(error).__name__}: {first_line(error)}")
         raise
     except (Stopped, _HardTimeout, SystemExit, KeyboardInterrupt) as error:
         user = not isinstance(error, (Stopped, _HardTimeout))
@@ -557,9 +562,9 @@ def _run_population(
             trial.set_user_attr("error", "interrupted")
             trial.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         raise
-    except (LrsearchError, *STORAGE_ERRORS):
+    except (LrsearchError, *FAILING_STORAGE):
         raise
-    except Exception as error:
+    except Exception as error:  # the model's, a ValueError included: the trials fail
         reason = f"{type(error).__name__}: {first_line(error)}"
         if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()  # so the next population on this device starts with room

@@ -29,6 +29,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.paths import sqlite_file
 
 __all__ = [
+    "FAILING_STORAGE",
     "GRACE_SECONDS",
     "HEARTBEAT_SECONDS",
     "RETRY_ATTR",
@@ -65,6 +66,9 @@ STORAGE_ERRORS = (
     ValueError,
     ImportError,
 )
+# What a storage that worked raises when it fails mid-run; a ValueError then is someone's bug
+# or a model's complaint, not the storage's.
+FAILING_STORAGE = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
 # Query parameters of a storage URL that carry a secret (libpq, MySQL drivers).

@@ -1,8 +1,9 @@
 """The digits task with user code that misbehaves on request, for the fault tests.
 
 ``LRSEARCH_TEST_FAULT`` picks the fault: ``exit-at-import`` and ``exit-in-build`` call
-``sys.exit`` while the task loads; ``exit``, ``interrupt`` and ``hang`` happen in a training
-forward pass once the file named by ``LRSEARCH_TEST_TRIGGER`` exists (at once when unset).
+``sys.exit`` while the task loads; ``exit``, ``interrupt``, ``value-error`` and ``hang``
+happen in a training forward pass once the file named by ``LRSEARCH_TEST_TRIGGER`` exists
+(at once when unset).
 The model is a module of its own, not a Sequential, so its ``forward`` runs in every way a
 population trains."""
 
@@ -41,6 +42,8 @@ class Faulty(nn.Module):
                 sys.exit(0)
             if FAULT == "interrupt":
                 raise KeyboardInterrupt
+            if FAULT == "value-error":
+                raise ValueError("a model's own complaint")
             while FAULT == "hang":
                 time.sleep(0.05)
         return self.body(images)

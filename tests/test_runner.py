@@ -225,3 +225,17 @@ def test_an_artifact_folder_removed_mid_run_is_one_line_and_leaves_nothing_runni
     done = real_runs.trials(url, "f")
     assert State.RUNNING not in {t.state for t in done}
     assert State.FAIL in {t.state for t in done}
+
+
+@pytest.mark.slow
+def test_a_model_raising_value_error_fails_its_trials_and_the_study_goes_on(
+    tmp_path: Path,
+) -> None:
+    """An exception is the trial's failure, whatever its type: a ValueError is not taken for
+    a failing storage."""
+    run, url = faulty_run(tmp_path, "value-error", "--n-trials", "2")
+    _, err = real_runs.finish(run)
+    assert run.returncode == 0, err
+    done = real_runs.trials(url, "f")
+    assert [t.state for t in done] == [State.FAIL] * 2
+    assert {t.user_attrs["error"] for t in done} == {"ValueError: a model's own complaint"}
