@@ -1,7 +1,8 @@
 """The command line: parse, delegate to library functions, map user errors to exit code 2.
 
 Every ``LrsearchError`` becomes one line on stderr; Ctrl-C exits 130 after
-Optuna has marked the interrupted trial failed, so the next run resumes.
+Optuna has marked the interrupted trial failed, so the next run resumes; SIGTERM
+and SIGHUP do the same and exit 143 and 129 (128 + the signal's number).
 With ``--debug`` (or ``LRSEARCH_DEBUG=1``) the line follows the traceback of
 its cause, for the author of a task module that raised.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_study_options(find_lr, stored=False)
     find_lr.add_argument(
-        "--out", type=Path, default=Path("lr_find.png"), help="the plot (PNG); default lr_find.png"
+        "--out", type=_file, default=Path("lr_find.png"), help="the plot (PNG); default lr_find.png"
     )
     find_lr.add_argument("--start", type=float, default=1e-7, help="first LR (default 1e-7)")
     find_lr.add_argument("--end", type=float, default=10.0, help="last LR (default 10)")
@@ -166,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--storage", metavar="URL", help="default sqlite:///.lrsearch/<study-name>.db"
         )
         results.add_argument(
-            "--out", type=Path, required=out_default is None, default=out_default, help=out_help
+            "--out",
+            type=_file if out_help == "file" else Path,
+            required=out_default is None,
+            default=out_default,
+            help=out_help,
         )
         if name == "best":
             results.add_argument(
@@ -237,6 +243,15 @@ def _add_study_options(parser: argparse.ArgumentParser, *, stored: bool = True) 
     )
 
 
+def _file(text: str) -> Path:
+    """A file to write; ``newdir/`` names a folder (``Path`` would drop the slash)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names a folder; give a file name, e.g. {text}best_schedule.json"
+        )
+    return Path(text)
+
+
 def _val_size(text: str) -> int | float:
     """A count stays an int and a fraction a float, as in the study file: 1 and 1.0 differ."""
     for kind in (int, float):
@@ -274,11 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exception(error.__cause__, file=sys.stderr)
         print(f"lrsearch: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "lrsearch: interrupted; the study is saved and the next run resumes it", file=sys.stderr
-        )
-        return 130
+    except KeyboardInterrupt as error:  # Ctrl-C, or a stop signal (runner.STOP_SIGNALS)
+        for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # on the way out
+            signal.signal(ignored, signal.SIG_IGN)
+        number = getattr(error, "signum", signal.SIGINT)
+        how = "interrupted" if number == signal.SIGINT else f"stopped by {error}"
+        print(f"lrsearch: {how}; the study is saved and the next run resumes it", file=sys.stderr)
+        return 128 + number
 
 
 def _study_config(args: argparse.Namespace, **study: object) -> StudyConfig:
@@ -381,10 +398,11 @@ def _find_lr(args: argparse.Namespace) -> int:
 
 
 def _decompose(args: argparse.Namespace) -> int:
+    from lrsearch.config import check_seeds
     from lrsearch.decompose import decompose
 
     config = _study_config(args)
-    _check_seeds(config, args.seeds)
+    check_seeds("--seeds", args.seeds, config.seed)  # decompose trains seed .. seed + seeds - 1
     result = decompose(
         config, epochs=args.epochs, seeds=args.seeds, around=args.around, out=sys.stderr
     )
@@ -392,20 +410,11 @@ def _decompose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_seeds(config: StudyConfig, seeds: int) -> None:
-    """Retraining runs seeds ``seed .. seed + seeds - 1``: the last must be a seed too."""
-    from lrsearch.config import SEED_MAX
-
-    if config.seed + seeds - 1 > SEED_MAX:
-        raise LrsearchError(
-            f"--seeds {seeds} is not allowed with seed {config.seed}; "
-            f"seed + seeds - 1 must be <= {SEED_MAX}"
-        )
-
-
 def _confirm(args: argparse.Namespace) -> int:
+    from lrsearch.config import check_seeds
+
     config = _study_config(args)
-    _check_seeds(config, args.seeds)
+    check_seeds("--seeds", args.seeds, config.seed)  # confirm trains seed .. seed + seeds - 1
     from lrsearch.confirm import confirm
 
     report = confirm(config, top=args.top, epochs=args.epochs, seeds=args.seeds, out=sys.stderr)

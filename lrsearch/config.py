@@ -32,6 +32,7 @@ __all__ = [
     "StudyConfig",
     "TaskConfig",
     "TrainConfig",
+    "check_seeds",
     "default_storage",
     "load_study_file",
 ]
@@ -44,12 +45,30 @@ OptimizerName = Literal["sgd", "adam", "adamw", "adamw-schedulefree"]
 SEED_MAX = 2**32 - 1
 # TOML's integers, and SQLite's, are signed 64-bit: a larger one cannot be stored or read back.
 _INT_LIMIT = 2**63
+# A trial trains all its seeds in one population; far beyond any use, far below a list that
+# would not fit in memory.
+SEEDS_MAX = 1000
+# torch takes a C int of threads; far more than any machine's cores.
+THREADS_MAX = 4096
+# A study name becomes file names (<name>.db, <name>-artifacts) limited to 255 bytes.
+NAME_MAX = 128
 
 
 def _check_seed(name: str, value: int) -> None:
     """A seed numpy and Optuna accept; refused here so nothing is written before it fails."""
     if not 0 <= value <= SEED_MAX:
         raise LrsearchError(f"{name}={value} is not allowed; it must be in [0, {SEED_MAX}]")
+
+
+def check_seeds(name: str, seeds: int, seed: int) -> None:
+    """Seeds ``seed .. seed + seeds - 1``: at least one, at most SEEDS_MAX, each one numpy takes."""
+    if not 1 <= seeds <= SEEDS_MAX:
+        raise LrsearchError(f"{name}={seeds} is not allowed; it must be in [1, {SEEDS_MAX}]")
+    if seed + seeds - 1 > SEED_MAX:
+        raise LrsearchError(
+            f"{name}={seeds} is not allowed with seed {seed}; seed + seeds - 1 must be "
+            f"<= {SEED_MAX}"
+        )
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ class TrainConfig:
     nesterov: bool = False  # SGD only
     weight_decay: float = 0.0
     # False: weight decay only on weight matrices (parameters of two or more dimensions), not
-    # on norms, biases or embeddings, as minGPT and nanoGPT do for transformers.
+    # on norms, biases or embeddings, as minGPT does (nanoGPT today decays embeddings too).
     decay_all: bool = True
     beta1: float = 0.9  # Adam and AdamW; torch.optim's defaults
     beta2: float = 0.999
@@ -107,6 +126,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise LrsearchError(f"training.{name}={value} is not allowed; it must be >= 1")
+        if self.threads is not None and self.threads > THREADS_MAX:
+            raise LrsearchError(
+                f"training.threads={self.threads} is not allowed; it must be <= {THREADS_MAX}"
+            )
         if not 0.0 <= self.momentum < 1.0:
             raise LrsearchError(f"training.momentum={self.momentum} must be in [0, 1)")
         if self.weight_decay < 0:
@@ -173,15 +196,19 @@ class StudyConfig:
             raise LrsearchError(
                 f"study name {self.name!r} is not allowed; use letters, digits, '.', '_' and '-'"
             )
-        if self.seeds < 1:
-            raise LrsearchError(f"seeds={self.seeds} is not allowed; it must be >= 1")
+        if len(self.name) > NAME_MAX:
+            raise LrsearchError(
+                f"study name {self.name[:20]!r}... ({len(self.name)} characters) is not allowed; "
+                f"it must be at most {NAME_MAX} (it names files)"
+            )
+        _check_seed("seed", self.seed)
+        check_seeds("seeds", self.seeds, self.seed)
         if self.n_trials < 1:
             raise LrsearchError(f"n_trials={self.n_trials} is not allowed; it must be >= 1")
         if self.timeout is not None and not (0 < self.timeout < math.inf):
             raise LrsearchError(
                 f"timeout={self.timeout} is not allowed; it must be a finite number > 0 seconds"
             )
-        _check_seed("seed", self.seed)
         if not (self.objective.startswith("val_") and self.objective[4:].isidentifier()):
             raise LrsearchError(
                 f"objective={self.objective!r} is not allowed; it is val_ and a metric of the "

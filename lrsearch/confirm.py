@@ -29,6 +29,7 @@ from lrsearch.schedules import Schedule
 from lrsearch.stats import Comparison, Scores, compare_across_seeds
 from lrsearch.storage import redact
 from lrsearch.study import (
+    CONFIRM_SUFFIX,
     HIGHER_IS_BETTER_ATTR,
     MAXIMIZE,
     MINIMIZE,
@@ -49,8 +50,6 @@ __all__ = [
     "save_best_confirmed",
     "spearman",
 ]
-
-CONFIRM_SUFFIX = ".confirm"
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,30 @@ Parsed = TypeVar("Parsed")
 
 class LrsearchError(Exception):
     """Bad input: a schedule, a study file, an option, a data set, a storage."""
+
+
+# A study or schedule file is a few kB; a larger one is not one (or is /dev/zero).
+DOCUMENT_BYTES = 1 << 20
+
+
+class _NotRegular(Exception):
+    """A path that is not a regular file of at most DOCUMENT_BYTES."""
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file of at most DOCUMENT_BYTES. A FIFO would block the read (it
+    is opened without blocking, then refused), /dev/zero or /dev/urandom never end."""
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise _NotRegular("is not a regular file (a device, a pipe or a folder)")
+        with os.fdopen(handle, "rb", closefd=False) as file:
+            data = file.read(DOCUMENT_BYTES + 1)
+    finally:
+        os.close(handle)
+    if len(data) > DOCUMENT_BYTES:
+        raise _NotRegular(f"is larger than {DOCUMENT_BYTES >> 20} MiB")
+    return data
 
 
 def read_document(
@@ -36,9 +61,11 @@ def read_document(
     traceback."""
     where = f"{kind} file {str(path)!r}"
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = _read_regular(Path(path)).decode("utf-8")
     except OSError as problem:
         raise error(f"cannot read {where}: {problem.strerror}{unreadable}") from None
+    except _NotRegular as problem:
+        raise error(f"{where} {problem}{unreadable}") from None
     except UnicodeDecodeError as problem:
         raise error(
             f"{where} is not UTF-8 text (byte {problem.object[problem.start]:#04x} at offset "
@@ -48,6 +75,8 @@ def read_document(
         return parse(text)
     except syntax as problem:
         raise error(f"{where} is not valid {form}: {describe(problem)}") from None
+    except LrsearchError as problem:  # the parser's own checks (a duplicate key, say)
+        raise error(f"{where} is not valid {form}: {problem}") from None
     except (ValueError, RecursionError) as problem:
         too_much = (
             "nests too deeply" if isinstance(problem, RecursionError) else "has a huge number"

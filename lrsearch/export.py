@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from optuna.storages._rdb.models import BaseModel
 from lrsearch.baselines import BASELINE_ATTR, DECOMPOSITION_ATTR
 from lrsearch.config import default_storage
 from lrsearch.errors import LrsearchError
-from lrsearch.paths import sqlite_file
+from lrsearch.paths import sqlite_file, write_outputs
 from lrsearch.schedules import Schedule
 from lrsearch.storage import STORAGE_ERRORS, redact, storage_error
 from lrsearch.study import best_trial, objective_of
@@ -253,14 +255,13 @@ def export_study(storage: str | None, study_name: str, out: Path) -> list[Path]:
     study = load_study(url, study_name)
     tables = {"trials": trials_table(study), "intermediate": intermediate_table(study)}
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    text = json.dumps(summary(study, url), indent=2) + "\n"
+    files: dict[Path, Callable[[Path], object]] = {}
     for name, table in tables.items():
-        written += [out / f"{name}.csv", out / f"{name}.parquet"]
-        table.to_csv(written[-2], index=False)
-        table.to_parquet(written[-1], index=False)
-    written.append(out / "summary.json")
-    written[-1].write_text(json.dumps(summary(study, url), indent=2) + "\n", encoding="utf-8")
-    return written
+        files[out / f"{name}.csv"] = partial(table.to_csv, index=False)
+        files[out / f"{name}.parquet"] = partial(table.to_parquet, index=False)
+    files[out / "summary.json"] = partial(Path.write_text, data=text, encoding="utf-8")
+    return write_outputs(files, "--out")
 
 
 def save_best(storage: str | None, study_name: str, path: Path) -> optuna.trial.FrozenTrial:

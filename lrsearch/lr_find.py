@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -28,7 +29,9 @@ import torch
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.optim import MemberOptimizer, weight_matrices
+from lrsearch.paths import write_outputs
 from lrsearch.space import LR_RANGE_ATTR
+from lrsearch.storage import claim_once, claimer_alive
 from lrsearch.tasks import Task
 from lrsearch.training import TrainConfig, autocast_dtype, steps_per_epoch
 
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 STEPS = 200  # fastai and Lightning take 100; twice that halves the noise of each LR's loss
+MAX_STEPS = 10_000  # fifty times the default: a sweep that long has long stopped informing
+RANGE_CLAIM = "lrsearch:lr_range"  # study system attribute: the process running the range test
 # The EMA's window, in decades of LR. fastai's factor 0.98 averages about 50 steps, which at
 # 100 steps over 8 decades is 4 decades: the smoothed minimum then lags the raw one far to the
 # right. A third of a decade keeps the lag below the precision the range needs.
@@ -105,13 +110,44 @@ class LrRange:
 def _smooth(losses: npt.NDArray[np.float64], per_decade: float) -> npt.NDArray[np.float64]:
     """fastai's bias-corrected exponential moving average (early values are not pulled to 0),
     over about SMOOTHING_DECADES of LR whatever the number of steps."""
-    factor = 1 - 1 / max(1.0, SMOOTHING_DECADES * per_decade)
+    factor = _ema_factor(per_decade)
     smoothed = np.empty_like(losses)
     average = 0.0
     for index, loss in enumerate(losses):
         average = factor * average + (1 - factor) * loss
         smoothed[index] = average / (1 - factor ** (index + 1))
     return smoothed
+
+
+def _ema_factor(per_decade: float) -> float:
+    return 1 - 1 / max(1.0, SMOOTHING_DECADES * per_decade)
+
+
+class _BlowUpWatch:
+    """``_blow_up(_smooth(losses))`` asked after every step, in O(1) a step: the same
+    decision for the newest step (the earlier ones were asked already). Re-smoothing the
+    whole history every step made a long sweep quadratic."""
+
+    def __init__(self, per_decade: float) -> None:
+        self.factor = _ema_factor(per_decade)
+        self.average = 0.0
+        self.count = 0
+        self.first = math.nan
+        self.lowest = math.inf
+
+    def blew_up(self, loss: float) -> bool:
+        self.count += 1
+        self.average = self.factor * self.average + (1 - self.factor) * loss
+        smoothed = self.average / (1 - self.factor**self.count)
+        if self.count == 1:
+            self.first = smoothed
+        if not math.isfinite(smoothed):
+            return True
+        self.lowest = min(self.lowest, smoothed)
+        limit = BLOW_UP * self.lowest
+        if self.lowest <= (1 - MIN_DECREASE) * self.first:
+            limit = min(limit, self.first)
+        return smoothed > limit
 
 
 def _per_decade(lrs: npt.NDArray[np.float64]) -> float:
@@ -190,10 +226,10 @@ def check_span(start: float, end: float, steps: int) -> None:
             f"the range test's span [{start}, {end}] is not allowed; it needs finite "
             "0 < start < end"
         )
-    if steps < SKIP_START + SKIP_END + 2:
+    if not SKIP_START + SKIP_END + 2 <= steps <= MAX_STEPS:
         raise LrsearchError(
-            f"the range test's steps={steps} is not allowed; it must be >= "
-            f"{SKIP_START + SKIP_END + 2}"
+            f"the range test's steps={steps} is not allowed; it must be in "
+            f"[{SKIP_START + SKIP_END + 2}, {MAX_STEPS}]"
         )
 
 
@@ -227,6 +263,7 @@ def find_lr(
     amp = autocast_dtype(config, device)  # a trial's precision, fp16 with its loss scaler
     lrs = np.geomspace(start, end, steps)
     losses: list[float] = []
+    watch = _BlowUpWatch(_per_decade(lrs))
     started = time.perf_counter()
     batches = torch.empty(0, config.batch_size, dtype=torch.int64, device=device)
     for step, lr in enumerate(lrs):
@@ -242,7 +279,7 @@ def find_lr(
         optimizer.scaled(loss.view(1)).sum().backward()  # type: ignore[no-untyped-call]
         optimizer.step(torch.tensor([lr], dtype=torch.float32, device=device))
         losses.append(float(loss.detach()))
-        if _blow_up(_smooth(np.asarray(losses), _per_decade(lrs))) is not None:
+        if watch.blew_up(losses[-1]):
             break
     seconds = time.perf_counter() - started
     found = suggest_range(lrs[: len(losses)].tolist(), losses)
@@ -260,6 +297,14 @@ def auto_lr_range(
     if not config.space.auto_lr:
         return None
     stored = study.user_attrs.get(LR_RANGE_ATTR)
+    if stored is None and not claim_once(study, RANGE_CLAIM):
+        # Processes started together on a new study: one runs the test, the others wait
+        # for its result (or run it themselves if that process died before storing it).
+        print("lr = 'auto': waiting for the range test another process runs", file=out)
+        while (stored := study.user_attrs.get(LR_RANGE_ATTR)) is None and claimer_alive(
+            study, RANGE_CLAIM
+        ):
+            time.sleep(1)
     if stored is None:
         print("lr = 'auto': running the learning-rate range test", file=out)
         found = find_lr(task, config.training, seed=config.seed)
@@ -294,4 +339,4 @@ def save_plot(found: LrRange, path: Path) -> None:
     axes.set_ylabel("training loss")
     axes.set_title(found.describe().split(";")[0], fontsize=10)
     axes.legend()
-    figure.savefig(path)
+    write_outputs({path: partial(figure.savefig, format="png")}, "--out")

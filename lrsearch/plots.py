@@ -13,6 +13,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -21,6 +22,7 @@ import optuna
 
 from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.export import load_study, storage_url
+from lrsearch.paths import write_outputs
 from lrsearch.schedules import Schedule
 from lrsearch.stats import Z95
 from lrsearch.study import objective_of, score
@@ -61,7 +63,7 @@ def plot_study(
         ),
         "importances": lambda: _importances(study, complete),
     }
-    written = []
+    figures: dict[Path, Callable[[Path], object]] = {}
     for name, draw in draws.items():
         path = out / f"{name}.png"
         try:
@@ -69,9 +71,8 @@ def plot_study(
         except (ValueError, RuntimeError) as error:  # too few or too uniform trials
             print(f"skipped {path.name}: {error}", file=notes or sys.stderr)
             continue
-        figure.savefig(path, dpi=PLOT_DPI)
-        written.append(path)
-    return written
+        figures[path] = partial(figure.savefig, dpi=PLOT_DPI, format="png")
+    return write_outputs(figures, "--out")
 
 
 def _new_figure() -> Figure:

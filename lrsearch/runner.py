@@ -38,7 +38,9 @@ from lrsearch.schedules import Schedule
 from lrsearch.space import suggest_schedule
 from lrsearch.stats import mean_se, pack_correct, pack_figures
 from lrsearch.storage import (
+    FAILING_STORAGE,
     STORAGE_ERRORS,
+    claim_once,
     fail_dead_trials,
     first_line,
     heartbeat,
@@ -46,6 +48,7 @@ from lrsearch.storage import (
     storage_failure,
 )
 from lrsearch.study import (
+    CONFIRM_SUFFIX,
     HIGHER_IS_BETTER_ATTR,
     MAXIMIZE,
     MINIMIZE,
@@ -74,9 +77,12 @@ from lrsearch.training import (
 from lrsearch.verdict import verdict_rows
 
 __all__ = [
+    "STOP_SIGNALS",
     "Interrupted",
     "Progress",
     "Run",
+    "StopFlag",
+    "Stopped",
     "StudyReport",
     "TrialError",
     "fail_if_all_failed",
@@ -99,21 +105,61 @@ class Interrupted(Exception):
     """A stop was requested: the trial fails at its next epoch boundary and the run ends."""
 
 
+# What asks a run to stop: Ctrl-C, a batch scheduler or `kill`, a closed terminal. The process
+# exits with 128 + the signal's number (130, 143, 129), the shell's convention.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal ended the run; ``signum`` makes the exit code 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopFlag(threading.Event):
+    """Set by the first stop signal, which it remembers; ``hard`` once a second one came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: int = signal.SIGINT
+        self.hard = False
+
+    def stopped(self) -> Stopped:
+        return Stopped(self.signum)
+
+
+class _HardTimeout(BaseException):
+    """Raised in the main thread when a population still trains at twice ``--timeout``: a
+    forward pass that hangs never reaches the epoch boundary where the run could stop."""
+
+
 @contextlib.contextmanager
-def stop_requests(signals: tuple[signal.Signals, ...]) -> Iterator[threading.Event]:
+def stop_requests(
+    signals: tuple[signal.Signals, ...], *, second_raises: bool = True
+) -> Iterator[StopFlag]:
     """The first of ``signals`` asks the run to stop at the next epoch boundary; a second one
-    interrupts at once.
+    interrupts at once (``second_raises``) or only sets ``hard`` for the caller to act on.
 
     Raising KeyboardInterrupt wherever the signal lands could cut a storage commit in half;
-    a flag read between epochs fails the trial through Optuna's normal path instead."""
-    stop = threading.Event()
+    a flag read between epochs fails the trial through Optuna's normal path instead. The
+    second signal is for code that never gets there (a forward pass that hangs): the
+    population's trials are then failed on the way out (``run_trials``)."""
+    stop = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield stop  # only the main thread may install handlers; the caller's stay
         return
 
-    def request(_signal: int, _frame: FrameType | None) -> None:
+    def request(number: int, _frame: FrameType | None) -> None:
+        if stop.hard:
+            return  # a third one would cut short the failing of the trials
         if stop.is_set():
-            raise KeyboardInterrupt
+            stop.hard = True
+            if second_raises:
+                raise Stopped(number)
+            return
+        stop.signum = number
         stop.set()
 
     previous = {number: signal.signal(number, request) for number in signals}
@@ -209,6 +255,8 @@ class Run:
             self.artifact_dir,
         )
 
+
+BASELINES_CLAIM = "lrsearch:baselines"  # study system attribute: who queued the baselines
 
 HOW = {
     "stacked": "as one wide network",
@@ -317,6 +365,11 @@ def objective_metric(config: StudyConfig, task: Task) -> Metric:
 def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Run:
     """Open the storage, fail the trials of dead processes, say where to watch, and queue
     the baselines (once per study, on top of the searched trials)."""
+    if config.name.endswith(CONFIRM_SUFFIX):
+        raise LrsearchError(
+            f"study name {config.name!r} ends with {CONFIRM_SUFFIX!r}, which names the study "
+            "where lrsearch confirm records its runs; pick another name"
+        )
     storage = config.storage or default_storage(config.name)
     quiet_optuna()
     direction = None
@@ -342,7 +395,9 @@ def start_run(config: StudyConfig, out: TextIO, artifact_dir: Path | None) -> Ru
         from lrsearch.lr_find import auto_lr_range
 
         auto_lr_range(study, config, load_study_task(config), out)
-    queued = enqueue_baselines(study, config.space, out) if config.baselines else []
+    # Processes started together on one study queue the baselines once: the first to claim.
+    baselines = config.baselines and claim_once(study, BASELINES_CLAIM)
+    queued = enqueue_baselines(study, config.space, out) if baselines else []
     if queued:
         print(f"baselines first: {', '.join(queued)}", file=out)
     return Run(study, storage, artifact_dir, config.n_trials + len(queued), before)
@@ -357,11 +412,11 @@ def run_study(
     run = start_run(config, out, artifact_dir)
     with (
         Progress(run.n_trials, out, run.study.get_trials(deepcopy=False)) as progress,
-        stop_requests((signal.SIGINT,)) as stop,
+        stop_requests(STOP_SIGNALS) as stop,
     ):
         run_trials(run, config, task, stop=stop, progress=progress)
     if stop.is_set():
-        raise KeyboardInterrupt
+        raise stop.stopped()
     report = run.report()
     fail_if_all_failed(report.trials[run.before :])
     return report
@@ -396,22 +451,99 @@ def run_trials(
     done = 0
     try:
         seeds = training_seeds(run.study)
-        while done < run.n_trials and not stop.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            fail_dead_trials(run.study)
-            trials = [run.study.ask() for _ in range(min(size, run.n_trials - done))]
-            for trial in trials:  # first, so a process that dies now leaves a pid to check
-                trial.set_user_attr("host", socket.gethostname())
-                trial.set_user_attr("pid", os.getpid())
-            with heartbeat(run.study, trials):
-                finished = _run_population(config, task, trials, seeds, artifacts, stop, progress)
-            done += len(trials)
-            if progress is not None:
-                for frozen in finished:
-                    progress.trial_done(frozen)
+        with _hard_timeout(config.timeout):
+            while done < run.n_trials and not stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                fail_dead_trials(run.study)
+                trials = [run.study.ask() for _ in range(min(size, run.n_trials - done))]
+                for trial in trials:  # first, so a process that dies now leaves a pid to check
+                    trial.set_user_attr("host", socket.gethostname())
+                    trial.set_user_attr("pid", os.getpid())
+                with _failed_on_the_way_out(run, task, trials), heartbeat(run.study, trials):
+                    finished = _run_population(
+                        config, task, trials, seeds, artifacts, stop, progress
+                    )
+                done += len(trials)
+                if progress is not None:
+                    for frozen in finished:
+                        progress.trial_done(frozen)
+    except Interrupted:
+        return  # the stop flag is set; the caller ends the run with its exit code
+    except _HardTimeout:
+        if progress is not None:
+            progress.note(f"the population still trained at twice --timeout {config.timeout:g} s")
+        return
     except STORAGE_ERRORS as error:
         raise storage_failure(run.storage, error) from None
+
+
+@contextlib.contextmanager
+def _hard_timeout(timeout: float | None) -> Iterator[None]:
+    """``--timeout`` stops starting populations; one still training at twice the timeout hangs
+    (no epoch boundary where it could stop) and is interrupted: SIGALRM in the main thread."""
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signal: int, _frame: FrameType | None) -> None:
+        raise _HardTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 2 * timeout)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _failed_on_the_way_out(run: Run, task: Task, trials: list[optuna.Trial]) -> Iterator[None]:
+    """Whatever ends a population early (a second stop signal, a hang past the timeout, the
+    user's code calling ``sys.exit`` or raising KeyboardInterrupt, the artifact folder failing,
+    a bug) leaves none of its trials RUNNING; a failing storage alone leaves them for the next
+    run to fail and re-queue. An interrupt can land inside a storage call and leave its
+    transaction open, holding SQLite's lock against every other process: it is rolled back
+    first."""
+    try:
+        yield
+    except (Interrupted, *FAILING_STORAGE):
+        raise  # the trials are failed already; or left, with the storage that failed
+    except Exception as error:  # the artifact folder failed, say (an LrsearchError), or a bug
+        _fail(run, trials, f"{type(error).__name__}: {first_line(error)}")
+        raise
+    except (Stopped, _HardTimeout, SystemExit, KeyboardInterrupt) as error:
+        user = not isinstance(error, (Stopped, _HardTimeout))
+        if isinstance(error, Stopped):
+            reason = f"interrupted ({error})"
+        elif isinstance(error, _HardTimeout):
+            reason = "still training at twice --timeout"
+        else:
+            reason = f"the task's code raised {type(error).__name__}({_code(error)})"
+        _fail(run, trials, reason)
+        if user:
+            raise LrsearchError(
+                f"task {task.name!r} raised {type(error).__name__}({_code(error)}) in trials "
+                f"{[t.number for t in trials]}; they are failed. Code a trial runs may raise an "
+                "exception (the trial fails), but not end the run"
+            ) from error
+        raise
+
+
+def _code(error: BaseException) -> str:
+    return "" if not isinstance(error, SystemExit) or error.code is None else repr(error.code)
+
+
+def _fail(run: Run, trials: Sequence[optuna.Trial], reason: str) -> None:
+    """Mark ``trials`` FAIL with ``reason``, unless another process finished them already."""
+    storage = run.study._storage
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage.scoped_session.remove()  # drops a transaction an interrupt left open
+    for trial in trials:
+        with contextlib.suppress(*STORAGE_ERRORS, optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr("error", reason)
+            run.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 
 def _run_population(
@@ -481,18 +613,20 @@ def _run_population(
     except Interrupted:
         for trial in trials:
             trial.set_user_attr("error", "interrupted")
-            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         raise
-    except (LrsearchError, *STORAGE_ERRORS):
+    except (LrsearchError, *FAILING_STORAGE):
         raise
-    except Exception as error:
+    except Exception as error:  # the model's, a ValueError included: the trials fail
         reason = f"{type(error).__name__}: {first_line(error)}"
         if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()  # so the next population on this device starts with room
         failed = []
         for trial in trials:
             trial.set_user_attr("error", reason)
-            failed.append(trial.study.tell(trial, state=optuna.trial.TrialState.FAIL))
+            failed.append(
+                trial.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            )
         return failed
     finished = []
     for index, trial in enumerate(trials):

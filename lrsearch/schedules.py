@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lrsearch.errors import LrsearchError, read_document
+from lrsearch.paths import write_outputs
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +80,11 @@ Steps = int | float | npt.ArrayLike
 # within this relative tolerance keeps milestones, cycle ends and staircase
 # edges on the exact step an integer reference (PyTorch) puts them.
 _SNAP = 1e-9
+# Run lengths, and steps per run at most, on which a new schedule's values are checked.
+_PROBE_RUNS = (1, 2, 3, 10, 1000, 10**9)
+_PROBE_STEPS = 257
+# A schedule document's top-level keys: what ``to_dict`` writes, and ``save``'s ``source``.
+_DOCUMENT_KEYS = {"format", "version", "family", "params", "source"}
 
 
 class ScheduleError(LrsearchError, ValueError):
@@ -165,7 +170,32 @@ class Schedule:
             )
         if hasattr(self, "min_lr"):
             self._require("min_lr", 0.0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr}]")
+        # A warmup this close to 1 ends on the run's last step for every length (the step
+        # snaps to T), leaving no post-warmup time to divide by.
+        self._require("warmup", self.warmup < 1 / (1 + _SNAP), f"< {1 / (1 + _SNAP)!r}")
         self._validate()
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Every family's LR is finite and in [0, lr] at every step of every run, or the
+        schedule is refused here, naming the step: a peak near float's limit overflows, a
+        cycle of 1e-300 divides by nothing. Probed on runs of several lengths, every step of
+        the short ones and 257 of the long; ``__call__`` checks every value it returns
+        too, for what the probe misses."""
+        for total in _PROBE_RUNS:
+            steps = np.unique(np.linspace(0, total, min(total + 1, _PROBE_STEPS)).round())
+            self(steps, total)
+
+    def _checked(self, values: Array, steps: Array, total: int) -> Array:
+        bad = ~np.isfinite(values) | (values < 0) | (values > self.lr * (1 + _SNAP))
+        if np.any(bad):
+            first = int(np.argmax(bad))
+            raise ScheduleError(
+                f"{self.family}: the lr at step {steps.flat[first]:g} of a {total}-step run is "
+                f"{float(values.flat[first])!r}, not a finite value in [0, lr={self.lr!r}]; "
+                "these parameters cannot make a schedule"
+            )
+        return values
 
     # Families override these two.
     def _validate(self) -> None:
@@ -194,6 +224,10 @@ class Schedule:
         if not np.all(np.isfinite(steps)) or np.any(steps < 0):
             raise ScheduleError(f"{self.family}: step t must be finite and >= 0, got {t!r}")
         run_total = _check_total_steps(total_steps)
+        with np.errstate(all="ignore"):  # an overflow is refused by name, not warned about
+            return self._evaluate(t, steps, run_total)
+
+    def _evaluate(self, t: Steps, steps: Array, run_total: int) -> Array | float:
         warm = float(_snap(self.warmup * run_total))
         clock = Clock(np.maximum(steps - warm, 0.0), run_total - warm, run_total)
         values = self._decay(clock)
@@ -208,7 +242,9 @@ class Schedule:
                 )
                 warming = start + (target - start) * ramp
             values = np.where(steps < warm, warming, values)
-        values = np.broadcast_to(values, steps.shape).astype(np.float64)
+        values = self._checked(
+            np.broadcast_to(values, steps.shape).astype(np.float64), steps, run_total
+        )
         return float(values) if values.ndim == 0 else values
 
     def factor(self, t: Steps, total_steps: int) -> Array | float:
@@ -266,6 +302,12 @@ class Schedule:
         """The inverse of ``to_dict``; anything unknown, missing or mistyped is refused."""
         if not isinstance(data, Mapping):
             raise ScheduleError(f"a schedule must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - _DOCUMENT_KEYS)
+        if unknown:
+            raise ScheduleError(
+                f"unknown key {unknown[0]!r} beside the schedule's; allowed: "
+                f"{', '.join(sorted(_DOCUMENT_KEYS))} (a family's parameters go in 'params')"
+            )
         if data.get("format") != FORMAT:
             raise ScheduleError(
                 f"not an lrsearch schedule: format={data.get('format')!r}, expected {FORMAT!r}"
@@ -285,22 +327,15 @@ class Schedule:
     def save(
         self, path: str | os.PathLike[str], *, source: Mapping[str, Any] | None = None
     ) -> None:
-        """Write the schedule as JSON (atomically: a reader never sees half a file)."""
+        """Write the schedule as JSON (atomically: a reader never sees half a file; a failure
+        is one ``LrsearchError`` and leaves nothing behind)."""
         document = self.to_dict()
         if source is not None:
             document["source"] = dict(source)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"  # fails before any file
-        with tempfile.NamedTemporaryFile(
-            "w", dir=target.parent, suffix=".tmp", delete=False
-        ) as handle:
-            handle.write(text)
-        try:
-            os.replace(handle.name, target)
-        except OSError:
-            os.unlink(handle.name)  # onto a folder, say: no stray temporary file beside it
-            raise
+        write_outputs({target: lambda file: file.write_text(text, encoding="utf-8")}, "schedule")
 
     def describe(self) -> str:
         """The schedule in words: family and every parameter that differs from its default."""
@@ -352,7 +387,7 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
         path,
         "schedule",
         "JSON",
-        json.loads,
+        lambda text: json.loads(text, object_pairs_hook=_unique_keys),
         json.JSONDecodeError,
         lambda problem: f"{problem.msg} at line {problem.lineno}",
         "a schedule is one JSON object of finite numbers",
@@ -362,6 +397,16 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
         return Schedule.from_dict(data)
     except ScheduleError as error:
         raise ScheduleError(f"schedule file {str(path)!r}: {error}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: of a duplicate, ``json`` would keep the last."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ScheduleError(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
 
 
 def _check_total_steps(total_steps: Any) -> int:

@@ -202,7 +202,7 @@ def _wide(
         return _WideEmbedding(models), _Layout.MEMBER
     if isinstance(first, nn.LayerNorm) and layout is _Layout.MEMBER:
         return _WideLayerNorm(models), layout
-    if isinstance(first, nn.Dropout) and layout is not _Layout.SHARED:
+    if isinstance(first, nn.Dropout) and (layout is not _Layout.SHARED or first.p == 0):
         return _MemberDropout(first.p, generators, layout), layout
     if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)) and layout is _Layout.GROUPED:
         return _wide_batch_norm(models), layout

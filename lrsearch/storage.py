@@ -11,23 +11,34 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
-import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
+from optuna.storages._rdb import models
 
 from lrsearch.errors import LrsearchError
+from lrsearch.paths import sqlite_file
 
 __all__ = [
+    "FAILING_STORAGE",
     "GRACE_SECONDS",
     "HEARTBEAT_SECONDS",
     "RETRY_ATTR",
+    "STAMP_ATTR",
     "STORAGE_ERRORS",
+    "check_run_storage",
+    "claim_once",
+    "claimer_alive",
+    "create_stamped_study",
     "fail_dead_trials",
     "first_line",
     "heartbeat",
@@ -55,11 +66,49 @@ STORAGE_ERRORS = (
     ValueError,
     ImportError,
 )
+# What a storage that worked raises when it fails mid-run; a ValueError then is someone's bug
+# or a model's complaint, not the storage's.
+FAILING_STORAGE = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+# Query parameters of a storage URL that carry a secret (libpq, MySQL drivers).
+SECRET_PARAMETERS = {"password", "passwd", "pwd", "sslpassword", "secret", "token"}
+# A system attribute written in the transaction that creates a study with ``lrsearch run``.
+STAMP_ATTR = "lrsearch:stamp"
 
 
 def redact(url: str) -> str:
     """The storage URL with any password replaced, for logs and messages."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    return hide_secrets(url, url)
+
+
+def hide_secrets(text: str, url: str) -> str:
+    """``text`` (the URL itself, or a driver's complaint about it) with every secret of ``url``
+    replaced by ``***``: the password, whether or not a user name comes before it and whatever
+    characters it holds, and query parameters such as ``?password=``."""
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(url: str) -> set[str]:
+    """The URL's secrets as written and as decoded. SQLAlchemy's parser reads the password
+    up to the first ``@``; a password holding an unencoded ``@`` runs up to the last one."""
+    found: set[str] = set()
+    authority = url.partition("://")[2].split("/", 1)[0]
+    if "@" in authority:
+        userinfo = authority.rpartition("@")[0]
+        if ":" in userinfo:
+            found.add(userinfo.split(":", 1)[1])
+    with contextlib.suppress(sqlalchemy.exc.ArgumentError, ValueError):
+        parsed = sqlalchemy.engine.make_url(url)
+        if parsed.password:
+            found.add(str(parsed.password))
+        for key, value in parsed.query.items():
+            if key.lower() in SECRET_PARAMETERS:
+                found.update([value] if isinstance(value, str) else value)
+    found |= {urllib.parse.unquote(secret) for secret in found}
+    return {secret for secret in found if secret}
 
 
 def first_line(error: BaseException) -> str:
@@ -69,7 +118,9 @@ def first_line(error: BaseException) -> str:
 
 def storage_error(storage: str, error: Exception) -> LrsearchError:
     """One line: the storage (password hidden) and the first line of the driver's complaint."""
-    return LrsearchError(f"cannot open storage {redact(storage)}: {redact(first_line(error))}")
+    return LrsearchError(
+        f"cannot open storage {redact(storage)}: {hide_secrets(first_line(error), storage)}"
+    )
 
 
 def storage_failure(storage: str, error: Exception) -> LrsearchError:
@@ -79,9 +130,44 @@ def storage_failure(storage: str, error: Exception) -> LrsearchError:
     internal = isinstance(error, optuna.exceptions.StorageInternalError)
     cause = error.__cause__ if internal and error.__cause__ is not None else error
     return LrsearchError(
-        f"storage {redact(storage)} failed during the run: {redact(first_line(cause))}; "
+        f"storage {redact(storage)} failed during the run: "
+        f"{hide_secrets(first_line(cause), storage)}; "
         "completed trials are kept, and the next run fails and re-queues the unfinished ones"
     )
+
+
+def check_run_storage(url: str) -> None:
+    """Refuse, before anything is written, a storage ``run`` cannot keep a study in: SQLite in
+    memory (every trial is lost when the process ends, and workers each get their own), a
+    read-only one, or another program's SQLite file (Optuna would add its tables to it)."""
+    if url.split("?", 1)[0] in ("sqlite://", "sqlite:///:memory:", "sqlite:///"):
+        raise LrsearchError(
+            f"storage {redact(url)} is in memory: the study would be lost when the run ends; "
+            "give a file, sqlite:///path/to/study.db, or a server URL"
+        )
+    with contextlib.suppress(sqlalchemy.exc.ArgumentError, ValueError):
+        query = sqlalchemy.engine.make_url(url).query
+        if "mode" in query and url.startswith("sqlite"):
+            raise LrsearchError(
+                f"storage {redact(url)} is opened with mode={query['mode']}; a run writes its "
+                "trials there, so give the URL without a mode (export, plot and best only read)"
+            )
+    database = sqlite_file(url)
+    if database is None or not database.is_file() or database.stat().st_size == 0:
+        return
+    try:
+        engine = sqlalchemy.create_engine(url)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except STORAGE_ERRORS as error:
+        raise storage_error(url, error) from None
+    if tables and "studies" not in tables:
+        raise LrsearchError(
+            f"storage {redact(url)} is another program's SQLite database (tables "
+            f"{', '.join(sorted(tables)[:3])}, none of Optuna's); give a new file for the study"
+        )
 
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
@@ -112,7 +198,40 @@ def owner() -> dict[str, object]:
 class _OwnedTrialStorage(optuna.storages.RDBStorage):
     """New trials carry their process's host and pid from their first commit: a process killed
     between creating a trial and recording them left it RUNNING with no pid, and the next run
-    (within GRACE_SECONDS) could not tell whether it was still running."""
+    (within GRACE_SECONDS) could not tell whether it was still running.
+
+    Claiming a queued trial is one conditional UPDATE: Optuna reads the state, then writes it,
+    and on SQLite (whose reads take no lock) two processes both read WAITING and both ran the
+    trial, the second one's ``tell`` failing with UpdateFinishedTrialError."""
+
+    def set_trial_state_values(
+        self,
+        trial_id: int,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None = None,
+    ) -> bool:
+        if state != optuna.trial.TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        session = self.scoped_session()
+        try:
+            claimed = (
+                session.query(models.TrialModel)
+                .filter(
+                    models.TrialModel.trial_id == trial_id,
+                    models.TrialModel.state == optuna.trial.TrialState.WAITING,
+                )
+                .update(
+                    {"state": state, "datetime_start": datetime.datetime.now()},
+                    synchronize_session=False,
+                )
+            )
+            session.commit()
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            session.rollback()
+            raise optuna.exceptions.StorageInternalError(
+                "claiming a queued trial failed"
+            ) from error
+        return bool(claimed)
 
     def _create_new_trial(
         self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
@@ -132,6 +251,79 @@ class _OwnedTrialStorage(optuna.storages.RDBStorage):
                 trial_id=0,
             )
         return super()._create_new_trial(study_id, template_trial)
+
+
+def create_stamped_study(
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    direction: optuna.study.StudyDirection,
+    user_attrs: dict[str, Any],
+) -> bool:
+    """Create the study with its definition in one transaction; False if it exists already.
+
+    Processes started together on one new study race to create it: the loser must find it
+    whole (its definition and seeds set), or it would write its own, and the stamp tells a
+    study made by ``lrsearch run`` from one made by plain Optuna or ``lrsearch confirm``."""
+    stamp = {**owner(), "version": 1}
+    session = storage.scoped_session()
+    try:
+        session.add(
+            models.StudyModel(
+                study_name=name,
+                directions=[models.StudyDirectionModel(objective=0, direction=direction)],
+                user_attributes=[
+                    models.StudyUserAttributeModel(key=key, value_json=json.dumps(value))
+                    for key, value in user_attrs.items()
+                ],
+                system_attributes=[
+                    models.StudySystemAttributeModel(key=STAMP_ATTR, value_json=json.dumps(stamp))
+                ],
+            )
+        )
+        session.commit()
+    except sqlalchemy.exc.IntegrityError:
+        session.rollback()
+        return False
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        session.rollback()
+        raise optuna.exceptions.StorageInternalError("creating the study failed") from error
+    return True
+
+
+def claim_once(study: optuna.Study, key: str) -> bool:
+    """True for the one process, of all that ever ask, that first claims ``key`` on the study
+    (a system attribute whose unique key the database enforces): for work that must happen
+    once per study however many processes start it together, such as queueing baselines."""
+    storage = study._storage
+    if not isinstance(storage, optuna.storages.RDBStorage):  # in memory: one process
+        if key in storage.get_study_system_attrs(study._study_id):
+            return False
+        storage.set_study_system_attr(study._study_id, key, {"pid": os.getpid()})
+        return True
+    session = storage.scoped_session()
+    try:
+        session.add(
+            models.StudySystemAttributeModel(
+                study_id=study._study_id, key=key, value_json=json.dumps(owner())
+            )
+        )
+        session.commit()
+    except sqlalchemy.exc.IntegrityError:
+        session.rollback()
+        return False
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        session.rollback()
+        raise optuna.exceptions.StorageInternalError("claiming the study failed") from error
+    return True
+
+
+def claimer_alive(study: optuna.Study, key: str) -> bool:
+    """Whether the process that claimed ``key`` may still be at work: alive on this host, or
+    on another host (which this one cannot see)."""
+    claim = study._storage.get_study_system_attrs(study._study_id).get(key)
+    if not isinstance(claim, dict) or claim.get("host") != socket.gethostname():
+        return True
+    return _alive(claim.get("pid"))
 
 
 def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

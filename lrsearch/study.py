@@ -21,9 +21,17 @@ import optuna
 from lrsearch.baselines import BASELINE_ATTR
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
-from lrsearch.storage import STORAGE_ERRORS, rdb_storage, redact, storage_error
+from lrsearch.storage import (
+    STORAGE_ERRORS,
+    check_run_storage,
+    create_stamped_study,
+    rdb_storage,
+    redact,
+    storage_error,
+)
 
 __all__ = [
+    "CONFIRM_SUFFIX",
     "OBJECTIVES",
     "best_trial",
     "check_definition",
@@ -65,6 +73,7 @@ ADDED_TRAINING = {
     "accumulate": 1,
 }
 SEEDS_ATTR = "train_seeds"  # the seeds every trial trains with, set when the study is created
+CONFIRM_SUFFIX = ".confirm"  # the study ``lrsearch confirm`` records its runs in: <study>.confirm
 
 
 def dashboard_command(storage: str, artifact_dir: Path) -> str:
@@ -122,6 +131,7 @@ def open_study(
     an existing study keeps its own."""
     # group=True and set_metric_names are marked experimental; they are chosen deliberately.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    check_run_storage(storage)
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     direction = direction or OBJECTIVES.get(config.objective)
@@ -139,22 +149,26 @@ def open_study(
     except STORAGE_ERRORS as error:
         raise storage_error(storage, error) from None
     try:
-        study = optuna.create_study(
+        rdb = rdb_storage(storage)
+        created = create_stamped_study(
+            rdb,
+            config.name,
+            direction,
+            {
+                DEFINITION_ATTR: study_definition(config),
+                SEEDS_ATTR: list(range(config.seed, config.seed + config.seeds)),
+            },
+        )
+        study = optuna.load_study(
             study_name=config.name,
-            storage=rdb_storage(storage),
+            storage=rdb,
             sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trials are known
             pruner=make_pruner(config.pruner, config.training.epochs),
-            direction=direction,
-            load_if_exists=True,
         )
-    except STORAGE_ERRORS as error:
+    except (*STORAGE_ERRORS, RuntimeError) as error:  # RuntimeError: another schema version
         raise storage_error(storage, error) from None
-    if study.direction != direction:
-        raise LrsearchError(
-            f"study {config.name!r} in {redact(storage)} exists and does not "
-            f"{'maximize' if direction is MAXIMIZE else 'minimize'} "
-            f"{config.objective}; use its own objective, or pass a new --study-name"
-        )
+    if not created:
+        _check_ours(study, config, storage, direction)
     if not check_definition(study, config, storage, any_epochs=any_epochs):
         study.set_user_attr(DEFINITION_ATTR, study_definition(config))
     if SEEDS_ATTR not in study.user_attrs:
@@ -163,6 +177,38 @@ def open_study(
     trials = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(config.sampler, sampler_seed(config.seed, trials, worker))
     return study
+
+
+def _check_ours(
+    study: optuna.Study,
+    config: StudyConfig,
+    storage: str,
+    direction: optuna.study.StudyDirection,
+) -> None:
+    """Refuse a same-named study lrsearch did not make: more than one objective, another
+    direction, or no definition (made by plain Optuna: its trials have no schedule). Studies
+    from before the stamp are recognised by their definition, or their trials' schedules."""
+    where = f"study {config.name!r} in {redact(storage)}"
+    if len(study.directions) != 1:
+        raise LrsearchError(
+            f"{where} has {len(study.directions)} objectives; lrsearch studies have one. "
+            "Pass another --study-name"
+        )
+    if study.direction != direction:
+        raise LrsearchError(
+            f"{where} exists and does not "
+            f"{'maximize' if direction is MAXIMIZE else 'minimize'} "
+            f"{config.objective}; use its own objective, or pass a new --study-name"
+        )
+    trials = study.get_trials(deepcopy=False)
+    ours = DEFINITION_ATTR in study.user_attrs or (
+        bool(trials) and all("schedule" in t.user_attrs for t in trials)
+    )
+    if not ours:
+        raise LrsearchError(
+            f"{where} was not made by lrsearch run (it has no definition and its trials no "
+            "schedule); pass another --study-name"
+        )
 
 
 def sampler_seed(seed: int, trials: int, worker: int) -> int:

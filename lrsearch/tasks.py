@@ -576,7 +576,7 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
         raise LrsearchError(
             f"task {task!r}: cannot import {module_name!r} ({err}); {expected}"
         ) from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # sys.exit in user code is user code failing
         raise LrsearchError(f"task {task!r}: importing {module_name!r} {_raised(err)}") from err
     build = getattr(module, function_name, None)
     if not callable(build):
@@ -587,7 +587,7 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
         source = build(data_dir)
     except LrsearchError as err:  # TaskSource's own checks, or the task's
         raise LrsearchError(f"task {task!r}: {err}") from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # sys.exit in user code is user code failing
         raise LrsearchError(f"task {task!r}: {function_name} {_raised(err)}") from err
     if not isinstance(source, TaskSource):
         raise LrsearchError(
@@ -596,7 +596,7 @@ def _load_user_source(task: str, data_dir: Path) -> TaskSource:
     return source
 
 
-def _raised(error: Exception) -> str:
+def _raised(error: BaseException) -> str:
     """``raised ValueError: its message``, on one line."""
     lines = str(error).strip().splitlines()
     return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
@@ -682,7 +682,7 @@ def _check_model(task: str, name: str, source: TaskSource, probe: Task) -> None:
     with torch.random.fork_rng(devices=[]):  # building draws from the global generator
         try:
             model = source.models[name]()
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             raise LrsearchError(f"{where} {_raised(error)}") from error
     if not isinstance(model, nn.Module):
         raise LrsearchError(f"{where} returned {type(model).__name__}, expected a torch.nn.Module")
@@ -695,7 +695,7 @@ def _check_model(task: str, name: str, source: TaskSource, probe: Task) -> None:
     if source.transform is not None:
         try:
             changed = source.transform(raw, torch.Generator().manual_seed(0))
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             raise LrsearchError(f"task {task!r}: its transform {_raised(error)}") from error
         if not isinstance(changed, torch.Tensor) or changed.shape[:1] != raw.shape[:1]:
             shape = tuple(changed.shape) if isinstance(changed, torch.Tensor) else changed
@@ -708,7 +708,7 @@ def _check_model(task: str, name: str, source: TaskSource, probe: Task) -> None:
     try:
         with torch.no_grad():
             outputs = model.eval()(inputs)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise LrsearchError(
             f"{where} cannot take the task's inputs, {inputs.dtype} of shape "
             f"{tuple(inputs.shape[1:])} as training feeds them: {_raised(error)}"
@@ -717,7 +717,7 @@ def _check_model(task: str, name: str, source: TaskSource, probe: Task) -> None:
     for metric in probe.metrics.values():
         try:
             figures = metric.per_example(outputs, targets)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             raise LrsearchError(
                 f"task {task!r}: metric {metric.name!r} {_raised(error)}"
             ) from error

@@ -13,12 +13,15 @@ import numpy as np
 import numpy.typing as npt
 import optuna
 
+from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
 
 __all__ = ["CURVE_PIXELS", "attach_lr_curve", "curve_range", "save_lr_curve"]
 
 CURVE_PIXELS = (320, 200)  # a few kB
 CURVE_FONT = 24  # pixels: about 15 where optuna-dashboard shrinks the image to 200 wide
+# Steps the curve is evaluated at, at most: a run of 10^9 steps would need GiBs for every step.
+CURVE_SAMPLES = 4096
 
 
 def save_lr_curve(schedule: Schedule, steps: int, path: Path) -> None:
@@ -34,7 +37,8 @@ def save_lr_curve(schedule: Schedule, steps: int, path: Path) -> None:
 
     width, height = CURVE_PIXELS
     font = ImageFont.load_default(size=CURVE_FONT)
-    curve = schedule.curve(steps)
+    sampled = np.unique(np.linspace(0, steps - 1, min(steps, CURVE_SAMPLES)).round())
+    curve = np.asarray(schedule(sampled, steps), dtype=np.float64)
     low, high = curve_range(curve)
     labels = (f"{high:.2g}", f"{low:.2g}")
     left = 10 + int(max(font.getlength(label) for label in labels))
@@ -42,7 +46,7 @@ def save_lr_curve(schedule: Schedule, steps: int, path: Path) -> None:
     image = Image.new("RGB", CURVE_PIXELS, "white")
     draw = ImageDraw.Draw(image)
     draw.rectangle((left, top, right, bottom), outline="#888888")
-    columns = np.linspace(0, steps - 1, right - left).round().astype(np.int64)
+    columns = np.linspace(0, len(sampled) - 1, right - left).round().astype(np.int64)
     fractions = (curve[columns] - low) / (high - low)
     pad = 3  # keeps a line at the lowest or highest LR off the frame
     points = [
@@ -71,13 +75,20 @@ def attach_lr_curve(
     artifacts: optuna.artifacts.FileSystemArtifactStore,
 ) -> None:
     """Attached before training, so optuna-dashboard shows it while the trial runs and after
-    it fails or is pruned."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"lr_curve_trial_{trial.number}.png"
-        save_lr_curve(schedule, steps, path)
-        optuna.artifacts.upload_artifact(
-            artifact_store=artifacts,
-            file_path=str(path),
-            study_or_trial=trial,
-            mimetype="image/png",
-        )
+    it fails or is pruned. An artifact folder removed, read-only or full mid-run is one error
+    naming it, as a failing storage is."""
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"lr_curve_trial_{trial.number}.png"
+            save_lr_curve(schedule, steps, path)
+            optuna.artifacts.upload_artifact(
+                artifact_store=artifacts,
+                file_path=str(path),
+                study_or_trial=trial,
+                mimetype="image/png",
+            )
+    except OSError as error:
+        raise LrsearchError(
+            f"artifact folder {str(artifacts._base_path)!r} failed during the run: "
+            f"{error.strerror or error}; completed trials are kept"
+        ) from None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from lrsearch.schedules import Array, Schedule, _check_total_steps
+from lrsearch.schedules import Array, Schedule, ScheduleError, _check_total_steps
 
 __all__ = ["ScheduleLR"]
 
@@ -44,6 +44,10 @@ class ScheduleLR(LRScheduler):
         return np.asarray(self.schedule.factor(np.arange(self.total_steps + 1), self.total_steps))
 
     def _factor(self, step: int) -> float:
+        if step < 0:  # indexing the table from its end would give the end of the run
+            raise ScheduleError(
+                f"{self.schedule.family}: step {step} is not allowed; it must be >= 0"
+            )
         if step < len(self._factors):
             return float(self._factors[step])
         return float(self.schedule.factor(step, self.total_steps))

@@ -348,8 +348,9 @@ def train_population(
     amp = autocast_dtype(config, device)
     batches = _batches(task, config, per_epoch, torch.Generator(device).manual_seed(data_seed))
     augment = torch.Generator(device).manual_seed(_seed(data_seed, 1))
-    # What a model draws from the global generator while training (dropout) starts from the
-    # data seed: the same at any K, and on a resumed run as on the first.
+    # What a model draws from the global generator while training (anything random but
+    # nn.Dropout, which stacking gives each member's own generator) starts from the data
+    # seed: the same at any K, and on a resumed run as on the first.
     torch.manual_seed(_seed(data_seed, 2))
     limit = config.divergence_factor * task.loss_scale
     training = torch.ones(count, device=device)  # 1: trains; 0: frozen (diverged or stopped)

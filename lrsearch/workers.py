@@ -12,6 +12,7 @@ same command against the same server storage (see README, "Many workers and mach
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -31,8 +32,10 @@ import torch
 from lrsearch.config import StudyConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.runner import (
+    STOP_SIGNALS,
     Progress,
     Run,
+    StopFlag,
     StudyReport,
     fail_if_all_failed,
     load_study_task,
@@ -53,6 +56,7 @@ FINISHED = (
     optuna.trial.TrialState.FAIL,
 )
 STOP_SECONDS = 60  # a stopped worker's last trial may take this long to be marked failed
+HURRY_SECONDS = 10  # after a second stop signal, a worker has this long to fail its trials
 
 
 def run(
@@ -93,11 +97,12 @@ def run_workers(
     load_study_task(dataclasses.replace(config, device="cpu"))  # bad task: error, nothing written
     started = start_run(config, out, artifact_dir)
     pool = _Pool(config, started, devices, threads=thread_count(config.training.threads, workers))
-    # Ctrl-C is a flag read in this loop, never an exception inside a storage call: one
-    # landing in a SQLite read could keep its lock and stall every worker's commit.
-    # A storage that fails stops every worker and is the run's one error line.
+    # Ctrl-C (and SIGTERM, SIGHUP) is a flag read in this loop, never an exception inside a
+    # storage call: one landing in a SQLite read could keep its lock and stall every worker's
+    # commit. A second one stops the workers at once. A storage that fails stops every worker
+    # and is the run's one error line.
     try:
-        with stop_requests((signal.SIGINT,)) as stop:
+        with stop_requests(STOP_SIGNALS, second_raises=False) as stop:
             try:
                 for share in _shares(started.n_trials, workers):
                     pool.spawn(share)
@@ -113,12 +118,12 @@ def run_workers(
                                 seen.add(trial.number)
                                 progress.trial_done(trial)
             finally:
-                pool.stop()
+                pool.stop(stop)
                 fail_dead_trials(started.study)
     except STORAGE_ERRORS as error:
         raise storage_failure(started.storage, error) from None
     if stop.is_set():
-        raise KeyboardInterrupt
+        raise stop.stopped()
     report = started.report()
     fail_if_all_failed(report.trials[started.before :])
     return report
@@ -194,18 +199,32 @@ class _Pool:
         if share > len(ran):
             self.spawn(share - len(ran))
 
-    def stop(self) -> None:
-        """Ask each worker to stop (its trial is marked FAIL), then kill any that hangs."""
-        for process in self.processes:
-            if process.is_alive() and process.pid is not None:
-                process.terminate()
+    def stop(self, flag: StopFlag) -> None:
+        """Ask each worker to stop at its next epoch boundary (its trial is marked FAIL); on a
+        second stop signal ask again, which interrupts it at once; kill any that hangs."""
+        self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS
-        for process in self.processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
-                process.join()
+        hurried = False
+        while self._alive() and time.monotonic() < deadline:
+            if flag.hard and not hurried:
+                hurried = True
+                self._signal_all(signal.SIGTERM)
+                deadline = min(deadline, time.monotonic() + HURRY_SECONDS)
+            for process in self._alive():
+                process.join(0.2)
+        for process in self._alive():
+            process.kill()
+            process.join()
         self.processes.clear()
+
+    def _alive(self) -> list[BaseProcess]:
+        return [p for p in self.processes if p.is_alive()]
+
+    def _signal_all(self, number: signal.Signals) -> None:
+        for process in self._alive():
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # exited since
+                    os.kill(process.pid, number)
 
 
 def _work(
@@ -216,7 +235,8 @@ def _work(
     Each takes its share of the CPU cores: every worker spinning on all of them ran 2 workers
     at a third of one worker's speed on 2 cores (BENCHMARKS.md). A worker whose parent dies
     stops too, or a restarted run would have two sets of workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in (signal.SIGINT, signal.SIGHUP):  # the terminal's; the parent answers them
+        signal.signal(number, signal.SIG_IGN)
     _stop_with_parent(parent)
     torch.set_num_threads(threads)
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import real_runs
 from idx_files import write_mnist_like
 
 from lrsearch import Schedule
@@ -108,7 +109,7 @@ def lrsearch(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=workdir,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=real_runs.SAFETY,
         check=False,
     )
 
@@ -226,9 +227,16 @@ def test_a_bad_option_in_a_subprocess_is_one_line_and_exit_2(workdir: Path) -> N
         (["run", "--n-trials", str(2**70)], f"n_trials={2**70} is not allowed; it must fit in 64"),
         (["run", "--epochs", "-1"], "epochs=-1"),
         (["run", "--epochs", str(2**64)], f"epochs={2**64} is not allowed"),
-        (["confirm", "--epochs", "3", "--seeds", "0"], "--seeds 0 is not allowed"),
-        (["confirm", "--epochs", "3", "--seeds", str(2**32 + 1)], "seed + seeds - 1 must be <="),
-        (["decompose", "--seeds", "0"], "--seeds 0 is not allowed"),
+        (["confirm", "--epochs", "3", "--seeds", "0"], "--seeds=0 is not allowed"),
+        (["confirm", "--epochs", "3", "--seeds", str(2**32)], "--seeds=4294967296 is not allowed"),
+        (["run", "--seeds", str(2**32)], "seeds=4294967296 is not allowed; it must be in [1, "),
+        (["run", "--seed", str(2**32 - 1), "--seeds", "2"], "seed + seeds - 1 must be <="),
+        (["run", "--threads", str(2**40)], f"threads={2**40} is not allowed; it must be <="),
+        (["run", "--study-name", "s" * 300], "(300 characters) is not allowed; it must be at"),
+        (["find-lr", "--steps", str(10**7)], "steps=10000000 is not allowed; it must be in"),
+        (["run", "--study", "/dev/zero"], "'/dev/zero' is not a regular file"),
+        (["run", "--study", "/dev/urandom"], "'/dev/urandom' is not a regular file"),
+        (["decompose", "--seeds", "0"], "--seeds=0 is not allowed"),
         (["decompose", "--around", "-1"], "--around -1 is not allowed"),
         (["decompose", "--epochs", "0"], "--epochs 0 is not allowed"),
         (["decompose"], "untouched.db' does not exist"),
@@ -283,7 +291,7 @@ def test_a_bad_option_in_a_subprocess_is_one_line_and_exit_2(workdir: Path) -> N
         (["find-lr", "--start", "1", "--end", "0.1"], "span [1.0, 0.1] is not allowed"),
         (["find-lr", "--end", "inf"], "span [1e-07, inf] is not allowed"),
         (["find-lr", "--start", "nan"], "span [nan, 10.0] is not allowed"),
-        (["find-lr", "--steps", "3"], "steps=3 is not allowed; it must be >= 17"),
+        (["find-lr", "--steps", "3"], "steps=3 is not allowed; it must be in [17, "),
         (["find-lr", "--steps", "x"], "invalid int value"),
         (["find-lr", "--out", "data"], "--out 'data' is a folder; it must be a file name"),
         (["find-lr", "--out", "plot.jpg"], "--out 'plot.jpg' is not allowed; the plot is a .png"),
@@ -397,7 +405,7 @@ def test_debug_prints_the_causes_traceback_before_the_one_line(
         cwd=workdir,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=real_runs.SAFETY,
         check=False,
         env=env,
     )

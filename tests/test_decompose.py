@@ -158,4 +158,4 @@ def test_the_command_refuses_seeds_past_the_last_seed_in_one_line(
     code = main(["decompose", *stored, "--seeds", str(SEED_MAX + 2)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith(f"lrsearch: error: --seeds {SEED_MAX + 2} is not allowed")
+    assert err[0].startswith(f"lrsearch: error: --seeds={SEED_MAX + 2} is not allowed")

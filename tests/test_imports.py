@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import real_runs
 
 import lrsearch
 from lrsearch.cli import build_parser
@@ -29,7 +30,7 @@ def imported_modules(*args: str) -> tuple[subprocess.CompletedProcess[str], set[
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=real_runs.SAFETY,
         check=False,
     )
     # Lines read "import time: self [us] | cumulative | <indent>package.module".

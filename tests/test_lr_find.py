@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,12 @@ from lrsearch.baselines import baselines_for, enqueue_baselines
 from lrsearch.config import StudyConfig, study_from_table
 from lrsearch.lr_find import (
     HIGH_DIVISOR,
+    RANGE_CLAIM,
     SPAN,
+    _blow_up,
+    _BlowUpWatch,
+    _per_decade,
+    _smooth,
     auto_lr_range,
     find_lr,
     save_plot,
@@ -125,7 +134,8 @@ def test_adam_is_given_a_lower_range_than_sgd_with_momentum(digits: Task) -> Non
 @pytest.mark.parametrize(
     ("start", "end", "steps", "message"),
     [(0.0, 10.0, 100, "span"), (1.0, 0.1, 100, "span"), (1e-7, math.inf, 100, "span"),
-     (math.nan, 1.0, 100, "span"), (1e-7, 10.0, 5, "steps=5")],
+     (math.nan, 1.0, 100, "span"), (1e-7, 10.0, 5, "steps=5"),
+     (1e-7, 10.0, 10_000_000, "steps=10000000")],
 )  # fmt: skip
 def test_a_bad_span_is_refused_before_training(
     digits: Task, start: float, end: float, steps: int, message: str
@@ -165,6 +175,30 @@ def test_auto_runs_once_stores_the_range_and_a_resume_reuses_it(digits: Task) ->
     assert again.getvalue() == ""
 
 
+def test_processes_on_one_new_study_run_the_range_test_once(digits: Task) -> None:
+    """The first to claim it runs it; another waits for its result, or runs it itself when
+    that process died before storing it."""
+    config = auto_config()
+    study = optuna.create_study(direction="maximize")
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    claim = {"host": socket.gethostname(), "pid": gone.pid}
+    study._storage.set_study_system_attr(study._study_id, RANGE_CLAIM, claim)
+    out = io.StringIO()
+    found = auto_lr_range(study, config, digits, out)
+    assert "waiting for the range test" in out.getvalue()
+    assert "running the learning-rate range test" in out.getvalue()
+    stored = study.user_attrs[LR_RANGE_ATTR]
+    assert found == (stored["low"], stored["high"])
+
+    alive = {"host": socket.gethostname(), "pid": os.getpid()}  # at work, and done below
+    other = optuna.create_study(direction="maximize")
+    other._storage.set_study_system_attr(other._study_id, RANGE_CLAIM, alive)
+    other.set_user_attr(LR_RANGE_ATTR, stored)
+    broken = dataclasses.replace(digits, build_model=lambda: 1 / 0)  # would fail if trained
+    assert auto_lr_range(other, config, broken, io.StringIO()) == found
+
+
 def test_a_study_file_range_runs_no_test(digits: Task) -> None:
     config = study_from_table({"space": {"lr": [0.01, 0.1]}}, default_name="hand")
     study = optuna.create_study()
@@ -192,3 +226,22 @@ def test_baselines_without_auto_stay_at_the_ranges_centre() -> None:
     space = space_from_table({"lr": [1e-4, 1e-2]})
     assert baselines_for(space)["constant"].lr == pytest.approx(1e-3)
     assert isinstance(space.settings["constant"]["lr"], FloatRange)
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        np.r_[np.linspace(2.3, 0.5, 150), np.linspace(0.5, 40, 50)],  # falls, then blows up
+        np.r_[np.linspace(2.3, 1.0, 80), np.full(120, 2.3)],  # back at chance after a fall
+        np.r_[np.full(3, 2.3), math.nan, np.full(196, 2.3)],  # NaN
+        np.full(200, 2.3) + np.linspace(0, 0.01, 200),  # never blows up
+    ],
+)
+def test_the_step_by_step_watch_decides_as_smoothing_the_whole_history(
+    losses: np.ndarray,
+) -> None:
+    """find_lr asks after every step in O(1); its answer is the whole curve's."""
+    per_decade = _per_decade(LRS)
+    watch = _BlowUpWatch(per_decade)
+    stopped = next((i for i, loss in enumerate(losses) if watch.blew_up(float(loss))), None)
+    assert stopped == _blow_up(_smooth(losses, per_decade))

@@ -199,7 +199,7 @@ def test_a_confirm_study_draws_each_schedule_once_with_its_mean_over_seeds() -> 
     legend = [text.get_text() for text in _lr_curves(curves, top).axes[0].get_legend().get_texts()]
     mean = (0.90 + 0.92 + 0.94) / 3
     se = statistics.stdev((0.90, 0.92, 0.94)) / math.sqrt(3)
-    assert legend[1] == f"trial 4 cosine  val {mean:.4f} ± {se:.4f} s.e. (3 seeds)"
+    assert legend[1] == f"trial 4 cosine  val accuracy {mean:.4f} ± {se:.4f} s.e. (3 seeds)"
     title = _accuracy_by_family(runs).axes[0].get_title()
     assert title.startswith("Confirm runs by schedule family, one point per seed")
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import optuna
 import pytest
-from digits_study import digits_study
+import real_runs
+from digits_study import DIGITS_STUDY_FILE, digits_study
 
 from lrsearch.config import TaskConfig
 from lrsearch.errors import LrsearchError
@@ -254,3 +259,135 @@ def test_the_summary_points_to_decompose_only_when_a_searched_trial_completed(
     assert not any(line.startswith("peak or shape?") for line in alone)
     (hint,) = [line for line in both if line.startswith("peak or shape?")]
     assert hint.endswith("run lrsearch decompose --study s.toml to tell what to change")
+
+
+# --- Faults of a single-process run: stop signals, user code that exits or hangs. Real
+# `python -m lrsearch run` processes and real signals (tests/real_runs.py).
+
+FAULTY_STUDY = DIGITS_STUDY_FILE.replace("examples.custom_task:build", "faulty_task:build")
+
+
+def faulty_run(
+    tmp_path: Path, fault: str, *args: str, trigger: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    """A run of the faulty task in ``tmp_path``; its storage URL. With ``trigger`` the fault
+    waits for the file ``tmp_path / "go"``."""
+    (tmp_path / "study.toml").write_text('[study]\nname = "f"\nn_trials = 6\n' + FAULTY_STUDY)
+    env = {"LRSEARCH_TEST_FAULT": fault}
+    if trigger:
+        env["LRSEARCH_TEST_TRIGGER"] = str(tmp_path / "go")
+    run = real_runs.start(tmp_path, "--study", "study.toml", *args, env=env)
+    return run, f"sqlite:///{tmp_path / '.lrsearch' / 'f.db'}"
+
+
+def assert_one_line(err: str, start: str) -> None:
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(start), err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_ends_the_run_in_one_line_with_128_plus_its_number(
+    tmp_path: Path, number: signal.Signals
+) -> None:
+    run, url = faulty_run(tmp_path, "", "--epochs", "200")
+    real_runs.wait_for(run, real_runs.training(url, "f"), "a trial training")
+    run.send_signal(number)
+    _, err = real_runs.finish(run)
+    assert run.returncode == 128 + number, err
+    assert_one_line(err, "lrsearch: ")
+    assert "the next run resumes it" in err.strip().splitlines()[-1]
+    states = [t.state for t in real_runs.trials(url, "f")]
+    assert State.RUNNING not in states and State.FAIL in states
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_a_forward_pass_that_hangs_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    run, url = faulty_run(tmp_path, "hang", trigger=True)
+    real_runs.wait_for(run, real_runs.training(url, "f"), "a trial training")
+    (tmp_path / "go").touch()  # every forward pass from now on hangs
+    # The first asks for the next epoch boundary, which never comes; signals that arrive
+    # together count as one, so Ctrl-C is pressed until the run ends.
+    while run.poll() is None:
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+    _, err = real_runs.finish(run)
+    assert run.returncode == 130, err
+    assert_one_line(err, "lrsearch: interrupted")
+    done = real_runs.trials(url, "f")
+    assert State.RUNNING not in {t.state for t in done}
+    assert any(t.user_attrs.get("error", "").startswith("interrupted") for t in done)
+
+
+@pytest.mark.slow
+def test_a_forward_pass_that_hangs_is_stopped_at_twice_the_timeout(tmp_path: Path) -> None:
+    run, url = faulty_run(tmp_path, "hang", "--timeout", "1")
+    _, err = real_runs.finish(run)
+    assert run.returncode == 0, err
+    assert "Traceback" not in err
+    done = real_runs.trials(url, "f")
+    assert done and {t.state for t in done} == {State.FAIL}
+    assert {t.user_attrs["error"] for t in done} == {"still training at twice --timeout"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["exit", "interrupt"])
+def test_user_code_that_exits_in_a_trial_fails_it_and_ends_the_run_in_one_line(
+    tmp_path: Path, fault: str
+) -> None:
+    run, url = faulty_run(tmp_path, fault)
+    _, err = real_runs.finish(run)
+    assert run.returncode == 2, err
+    assert_one_line(err, "lrsearch: error: task 'faulty_task:build' raised ")
+    done = real_runs.trials(url, "f")
+    assert done and State.RUNNING not in {t.state for t in done}
+    assert all("raised" in t.user_attrs["error"] for t in done if t.state == State.FAIL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["exit-at-import", "exit-in-build"])
+def test_user_code_that_exits_while_the_task_loads_is_one_line_and_writes_nothing(
+    tmp_path: Path, fault: str
+) -> None:
+    run, _ = faulty_run(tmp_path, fault)
+    _, err = real_runs.finish(run)
+    assert run.returncode == 2, err
+    assert_one_line(err, "lrsearch: error: task 'faulty_task:build': ")
+    assert "SystemExit" in err
+    assert not (tmp_path / ".lrsearch").exists()
+
+
+@pytest.mark.slow
+def test_an_artifact_folder_removed_mid_run_is_one_line_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    """Its trials' LR curves can no longer be stored: the run ends as on a failed storage."""
+    study = FAULTY_STUDY.replace("[training]\n", "[training]\npopulation = 1\n")
+    (tmp_path / "study.toml").write_text('[study]\nname = "f"\nn_trials = 40\n' + study)
+    run = real_runs.start(tmp_path, "--study", "study.toml", "--epochs", "3")
+    url = f"sqlite:///{tmp_path / '.lrsearch' / 'f.db'}"
+    real_runs.wait_for(run, real_runs.training(url, "f"), "a trial training")
+    shutil.rmtree(tmp_path / ".lrsearch" / "f-artifacts")
+    _, err = real_runs.finish(run)
+    assert run.returncode == 2, err
+    assert_one_line(err, "lrsearch: error: artifact folder ")
+    assert "failed during the run: No such file or directory" in err
+    done = real_runs.trials(url, "f")
+    assert State.RUNNING not in {t.state for t in done}
+    assert State.FAIL in {t.state for t in done}
+
+
+@pytest.mark.slow
+def test_a_model_raising_value_error_fails_its_trials_and_the_study_goes_on(
+    tmp_path: Path,
+) -> None:
+    """An exception is the trial's failure, whatever its type: a ValueError is not taken for
+    a failing storage."""
+    run, url = faulty_run(tmp_path, "value-error", "--n-trials", "2")
+    _, err = real_runs.finish(run)
+    assert run.returncode == 0, err
+    done = real_runs.trials(url, "f")
+    assert [t.state for t in done] == [State.FAIL] * 2
+    assert all("ValueError: a model's own complaint" in t.user_attrs["error"] for t in done)

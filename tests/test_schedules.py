@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.optim.lr_scheduler import LambdaLR
 
+from lrsearch.errors import LrsearchError
 from lrsearch.schedules import (
     FAMILIES,
     FORMAT,
@@ -476,7 +477,7 @@ def test_bad_files_are_refused_naming_the_file(
 def test_saving_onto_a_folder_fails_without_leaving_a_temporary_file(tmp_path: Path) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(LrsearchError, match="is a folder"):
         EXAMPLES["cosine"].save(folder)
     assert sorted(tmp_path.rglob("*")) == [folder]
 
@@ -615,3 +616,67 @@ def test_a_milestone_at_the_end_acts_only_past_the_run() -> None:
     schedule = Step(lr=0.1, milestones=(0.5, 1.0), gamma=0.5)
     assert schedule(np.array([49, 50, 99]), 100).tolist() == [0.1, 0.05, 0.05]
     assert schedule(100, 100) == 0.025
+
+
+# --- A schedule is finite and within [0, lr] at every step, or refused with the value named.
+
+
+@pytest.mark.parametrize(
+    ("family", "params", "named"),
+    [
+        ("cosine", {"lr": 1.7e308}, "inf"),  # the cosine's (high - low) * 2 overflows
+        ("cosine_restarts", {"lr": 0.1, "first_cycle": 1e-300}, "nan"),
+        ("cyclic", {"lr": 0.1, "step_size": 1e-300}, "nan"),
+        ("constant", {"lr": 0.1, "warmup": 0.9999999999}, "warmup=0.9999999999"),
+    ],
+)
+def test_a_schedule_whose_lr_is_not_finite_at_some_step_is_refused_when_made(
+    family: str, params: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ScheduleError, match=re.escape(named)) as refused:
+        make_schedule(family, params)
+    assert str(refused.value).startswith(f"{family}: ")
+
+
+def test_a_schedule_file_that_is_not_finite_is_refused_when_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    document = Constant(lr=0.1).to_dict()
+    document["params"]["lr"] = 1.7e308
+    document["params"]["warmup"] = 0.5
+    document["family"] = "cosine"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ScheduleError, match="not a finite value"):
+        load_schedule(path)
+
+
+def test_a_schedule_file_with_a_key_beside_the_schedule_is_refused(tmp_path: Path) -> None:
+    document = {**Constant(lr=0.1).to_dict(), "warmup": 0.1}  # meant for "params"
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ScheduleError, match="unknown key 'warmup'"):
+        load_schedule(path)
+
+
+def test_a_schedule_file_with_a_duplicate_key_is_refused(tmp_path: Path) -> None:
+    text = json.dumps(Constant(lr=0.1).to_dict()).replace('"lr": 0.1', '"lr": 0.1, "lr": 0.2')
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    with pytest.raises(ScheduleError, match="'lr' appears twice"):
+        load_schedule(path)
+
+
+def test_a_value_the_construction_probe_misses_is_refused_when_evaluated() -> None:
+    schedule = Constant(lr=0.1)
+    with pytest.raises(ScheduleError, match="step"):
+        schedule(-1, 10)
+    with pytest.raises(ScheduleError, match="not a finite value"):
+        schedule._checked(np.array([0.1, math.inf]), np.array([0.0, 1.0]), 2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # step(epoch) is deprecated, and tested
+def test_the_torch_scheduler_refuses_a_negative_step() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = Cosine(lr=0.1).torch_scheduler(optimizer, total_steps=10)
+    with pytest.raises(ScheduleError, match="step -1 is not allowed"):
+        scheduler.step(-1)  # type: ignore[arg-type]
+    assert scheduler._factor(10) == pytest.approx(0.0, abs=1e-12)

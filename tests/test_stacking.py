@@ -47,6 +47,11 @@ class Branching(nn.Module):
         return out if out.sum() > -1e9 else -out
 
 
+def mlp_with_input_dropout_off() -> nn.Module:
+    """Dropout at p = 0 on the shared input: nothing to draw, so the stacked way takes it."""
+    return nn.Sequential(nn.Dropout(0.0), *mlp())
+
+
 def members(factory: Callable[[], nn.Module]) -> list[nn.Module]:
     built = []
     for seed in range(MEMBERS):
@@ -70,6 +75,7 @@ CASES = [
     (small_cnn, (1, 28, 28), "stacked"),
     (small_resnet, (3, 32, 32), "stacked"),
     (mlp, (1, 8, 8), "stacked"),
+    (mlp_with_input_dropout_off, (1, 8, 8), "stacked"),
     (concat_net, (1, 8, 8), "vmap"),
     (Branching, (1, 8, 8), "loop"),
 ]

@@ -22,14 +22,22 @@ from pathlib import Path
 
 import optuna
 import pytest
+import real_runs
 import sqlalchemy.exc
 from digits_study import DIGITS_STUDY_FILE, digits_study
 
 from lrsearch import storage as storage_module
-from lrsearch.storage import RETRY_ATTR, fail_dead_trials, owner, redact, storage_failure
+from lrsearch.storage import (
+    RETRY_ATTR,
+    claim_once,
+    fail_dead_trials,
+    owner,
+    redact,
+    storage_error,
+    storage_failure,
+)
 from lrsearch.study import open_study
 
-REPO = Path(__file__).resolve().parents[1]
 State = optuna.trial.TrialState
 # Enough trials that the run is still training when its storage breaks; small populations,
 # so that the first completes soon.
@@ -123,17 +131,9 @@ def test_a_trial_whose_heartbeat_stops_is_failed_and_retried_by_the_next_trial(
 
 
 def start(workdir: Path, url: str, *args: str) -> subprocess.Popen[str]:
-    """``run`` in the background on a study created here first, so the test can watch it."""
+    """``run`` in the background; the test watches the study it creates."""
     (workdir / "study.toml").write_text(STUDY)
-    optuna.create_study(study_name="w", storage=url, direction="maximize", load_if_exists=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "lrsearch", "run", "--study", "study.toml", "--storage", url, *args],
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return real_runs.start(workdir, "--study", "study.toml", "--storage", url, *args)
 
 
 # Long enough that a population trains for a second or more after the test sees it start
@@ -143,24 +143,21 @@ EPOCHS = "30"
 
 
 def trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="w", storage=url).trials
+    return real_runs.trials(url, "w")
 
 
-def mid_run(
-    run: subprocess.Popen[str], url: str, timeout: float = 120
-) -> list[optuna.trial.FrozenTrial]:
+def mid_run(run: subprocess.Popen[str], url: str) -> list[optuna.trial.FrozenTrial]:
     """The trials once some have completed and some have just started training (at most 3 of
     their epochs reported), so that the storage breaks while those still train. Some, not
     all: several workers' populations run out of step."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and run.poll() is None:
+
+    def look() -> list[optuna.trial.FrozenTrial] | None:
         seen = trials(url)
         running = [t for t in seen if t.state == State.RUNNING]
         young = any(len(t.intermediate_values) <= 3 for t in running)
-        if young and any(t.state == State.COMPLETE for t in seen):
-            return seen
-        time.sleep(0.2)
-    raise AssertionError(f"the run never got mid-way: {run.poll()=}")
+        return seen if young and any(t.state == State.COMPLETE for t in seen) else None
+
+    return real_runs.wait_for(run, look, "the run mid-way")
 
 
 def break_storage_mid_run(
@@ -173,7 +170,7 @@ def break_storage_mid_run(
     try:
         before = mid_run(run, url)
         break_it()
-        _, broken = run.communicate(timeout=120)
+        _, broken = real_runs.finish(run)
     finally:
         run.kill()
         mend_it()
@@ -193,7 +190,7 @@ def break_storage_mid_run(
     assert left, "the storage broke between populations; nothing was left to recover"
 
     again = start(workdir, url, "--epochs", EPOCHS, "--n-trials", "1")
-    out, err = again.communicate(timeout=120)
+    out, err = real_runs.finish(again)
     assert again.returncode == 0, err
     for number in left:
         assert f"trial {number} had lost its process; failed it and queued it again" in out + err
@@ -307,3 +304,48 @@ def test_a_postgresql_server_stopped_mid_run_is_one_line_and_the_next_run_recove
         workdir = tmp_path / "work"
         workdir.mkdir()
         break_storage_mid_run(workdir, url, lambda: pg_ctl("stop"), lambda: pg_ctl("start"))
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql+psycopg://:pw0rd@db/x", "pw0rd"),  # no user name
+        ("postgresql://lr@db/x?password=pw0rd&sslmode=require", "pw0rd"),  # a query parameter
+        ("postgresql://lr:p@ss@w0rd@db/x", "p@ss@w0rd"),  # an unencoded @
+        ("postgresql://lr:p%40ssw0rd@db/x", "p@ssw0rd"),  # an encoded @, as the driver says it
+        ("mysql+pymysql://lr:s3cret@db:3306/x", "s3cret"),
+    ],
+)
+def test_passwords_never_show_wherever_the_url_carries_them(url: str, secret: str) -> None:
+    assert secret not in redact(url) and "***" in redact(url)
+    assert secret.split("@")[-1] not in redact(url)  # no tail of it either
+    complaint = Exception(f'password authentication failed for "{secret}" at {url}')
+    assert secret not in str(storage_error(url, complaint))
+
+
+def test_a_url_without_secrets_is_shown_as_given() -> None:
+    for url in ("sqlite:///.lrsearch/w.db", "postgresql://lr@db:5432/x?sslmode=require"):
+        assert redact(url) == url
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
+def test_a_queued_trial_is_claimed_once_and_a_finished_one_is_skipped(tmp_path: Path) -> None:
+    """The claim is one conditional UPDATE: a second claimer gets False, never the trial, and
+    never Optuna's UpdateFinishedTrialError for a trial another process already finished."""
+    study = open_study(digits_study(tmp_path / "q.db"), f"sqlite:///{tmp_path / 'q.db'}")
+    study.enqueue_trial({"x": 0.5})
+    study.enqueue_trial({"x": 0.25})
+    first, second = study.get_trials(states=[State.WAITING])
+    storage = study._storage
+    assert storage.set_trial_state_values(first._trial_id, State.RUNNING)
+    assert not storage.set_trial_state_values(first._trial_id, State.RUNNING)
+    study.tell(first.number, state=State.FAIL)
+    assert not storage.set_trial_state_values(first._trial_id, State.RUNNING)
+    assert study.ask().number == second.number  # the queue moves on to the next
+
+
+def test_work_claimed_once_per_study_goes_to_the_first_claimer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    config = digits_study(tmp_path / "c.db")
+    studies = [open_study(config, url) for _ in range(3)]
+    assert [claim_once(study, "lrsearch:test") for study in studies] == [True, False, False]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 import re
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from lrsearch.config import StudyConfig, TaskConfig
 from lrsearch.runner import load_study_task, run_study, run_trials, start_run
 from lrsearch.space import space_from_table
 from lrsearch.stats import unpack_correct
-from lrsearch.study import open_study, study_definition
+from lrsearch.storage import STAMP_ATTR
+from lrsearch.study import SEEDS_ATTR, open_study, study_definition
 from lrsearch.training import TrainConfig
 
 ATTRS = {
@@ -215,3 +218,78 @@ def test_a_study_from_before_the_transformer_knobs_resumes_with_their_defaults(
     clipped = dataclasses.replace(config.training, clip_norm=1.0)
     with pytest.raises(LrsearchError, match=re.escape("clip_norm: None -> 1.0")):
         open_study(dataclasses.replace(config, training=clipped), config.storage or "")
+
+
+# --- Storages and studies that are not lrsearch's: refused in one line before anything is
+# written to them.
+
+
+def test_another_programs_sqlite_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    database = tmp_path / "app.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE users (name TEXT)")
+    before = database.read_bytes()
+    with pytest.raises(LrsearchError, match="another program's SQLite database") as error:
+        open_study(digits_study(tmp_path), f"sqlite:///{database}")
+    assert "\n" not in str(error.value)
+    assert database.read_bytes() == before
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_a_storage_in_memory_is_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(LrsearchError, match="in memory"):
+        open_study(digits_study(tmp_path), url)
+
+
+def test_a_read_only_sqlite_url_is_refused_before_writing(tmp_path: Path) -> None:
+    database = tmp_path / "study.db"
+    with pytest.raises(LrsearchError, match="mode=ro"):
+        open_study(digits_study(tmp_path), f"sqlite:///{database}?mode=ro")
+    assert not database.exists()
+
+
+def test_a_same_named_study_made_by_plain_optuna_is_refused(tmp_path: Path) -> None:
+    config = digits_study(tmp_path)
+    plain = optuna.create_study(study_name="digits", storage=config.storage, direction="maximize")
+    plain.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    with pytest.raises(LrsearchError, match="not made by lrsearch run"):
+        open_study(config, config.storage or "")
+    again = optuna.load_study(study_name="digits", storage=config.storage)
+    assert again.user_attrs == {} and len(again.trials) == 1
+
+
+def test_a_multi_objective_study_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = digits_study(tmp_path)
+    optuna.create_study(
+        study_name="digits", storage=config.storage, directions=["maximize", "minimize"]
+    )
+    with pytest.raises(LrsearchError, match="has 2 objectives"):
+        open_study(config, config.storage or "")
+
+
+def test_a_storage_of_another_optuna_schema_version_is_one_line(tmp_path: Path) -> None:
+    config = digits_study(tmp_path)
+    open_study(config, config.storage or "")
+    with sqlite3.connect(tmp_path / "study.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'v0.9.0.a'")
+    with pytest.raises(LrsearchError, match="cannot open storage") as error:
+        open_study(config, config.storage or "")
+    assert "\n" not in str(error.value)
+
+
+def test_a_run_may_not_take_the_name_of_a_confirm_study(tmp_path: Path) -> None:
+    config = dataclasses.replace(digits_study(tmp_path), name="digits.confirm")
+    with pytest.raises(LrsearchError, match="lrsearch confirm records its runs"):
+        start_run(config, io.StringIO(), None)
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_processes_racing_to_create_a_study_find_it_whole(tmp_path: Path) -> None:
+    """The loser of the race to create a study finds its definition and seeds already there,
+    written with it, and keeps them: it writes nothing of its own."""
+    config = digits_study(tmp_path)
+    first = open_study(config, config.storage or "")
+    second = open_study(dataclasses.replace(config, seed=7), config.storage or "")
+    assert second.user_attrs[SEEDS_ATTR] == first.user_attrs[SEEDS_ATTR] == [0]
+    stamp = second._storage.get_study_system_attrs(second._study_id)[STAMP_ATTR]
+    assert stamp["pid"] == os.getpid()

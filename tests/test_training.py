@@ -381,6 +381,21 @@ def small_task(source: TaskSource) -> Task:
     )
 
 
+def streamed_task(source: TaskSource, batches: Any, *, steps: int) -> Task:
+    """``source`` with its training examples replaced by ``batches`` and a step budget."""
+    return small_task(
+        dataclasses.replace(
+            source,
+            train_images=None,
+            train_labels=None,
+            val_images=source.train_images[:16],
+            val_labels=source.train_labels[:16],
+            batches=batches,
+            steps=steps,
+        )
+    )
+
+
 def regression_source(**changes: Any) -> TaskSource:
     inputs = torch.randn(144, 4, generator=torch.Generator().manual_seed(0))
     targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
@@ -428,17 +443,7 @@ def test_a_streamed_task_feeds_one_read_to_every_member_for_its_step_budget() ->
         for i in range(5)
     ]
     stream = Counting(batches)
-    streamed = small_task(
-        dataclasses.replace(
-            source,
-            train_images=None,
-            train_labels=None,
-            val_images=source.train_images[:16],
-            val_labels=source.train_labels[:16],
-            batches=stream,
-            steps=12,
-        )
-    )
+    streamed = streamed_task(source, stream, steps=12)
     stream.reads = stream.passes = 0  # the up-front check read one
     config = TrainConfig(epochs=3, batch_size=8)
     members = [Member(Constant(lr=0.01), seed) for seed in (1, 2, 3)]
@@ -454,17 +459,7 @@ def test_a_stream_yielding_the_wrong_shape_mid_run_is_one_line_naming_the_task()
     source = regression_source()
     good = (source.test_images[:8], source.test_labels[:8])
     bad = (source.test_images[:8, :3], source.test_labels[:8])
-    streamed = small_task(
-        dataclasses.replace(
-            source,
-            train_images=None,
-            train_labels=None,
-            val_images=source.train_images[:16],
-            val_labels=source.train_labels[:16],
-            batches=[good, bad],
-            steps=4,
-        )
-    )
+    streamed = streamed_task(source, [good, bad], steps=4)
     with pytest.raises(LrsearchError, match=r"task 'small': a batch has inputs"):
         train_population(
             streamed, [Member(Constant(lr=0.01), 1)], TrainConfig(epochs=1), data_seed=0
@@ -493,17 +488,7 @@ def test_a_token_task_trains_a_language_model_per_position() -> None:
 def test_a_stream_that_cannot_be_read_again_ends_early_in_one_line() -> None:
     source = regression_source()
     once = iter([(source.test_images[:8], source.test_labels[:8])] * 3)
-    streamed = small_task(
-        dataclasses.replace(
-            source,
-            train_images=None,
-            train_labels=None,
-            val_images=source.train_images[:16],
-            val_labels=source.train_labels[:16],
-            batches=once,
-            steps=6,
-        )
-    )
+    streamed = streamed_task(source, once, steps=6)
     with pytest.raises(LrsearchError, match=r"task 'small': its batches ended before the 6 steps"):
         train_population(
             streamed, [Member(Constant(lr=0.01), 1)], TrainConfig(epochs=1), data_seed=0
