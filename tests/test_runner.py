@@ -325,8 +325,9 @@ def test_a_second_ctrl_c_stops_a_forward_pass_that_hangs_and_leaves_nothing_runn
 def test_a_forward_pass_that_hangs_is_stopped_at_twice_the_timeout(tmp_path: Path) -> None:
     run, url = faulty_run(tmp_path, "hang", "--timeout", "1")
     _, err = real_runs.finish(run)
-    assert run.returncode == 0, err
-    assert "Traceback" not in err
+    assert run.returncode == 2, err  # every trial of the run failed: an error naming why
+    assert_one_line(err, "lrsearch: error: every trial of this run failed; the first, trial ")
+    assert err.rstrip().endswith("still training at twice --timeout")
     done = real_runs.trials(url, "f")
     assert done and {t.state for t in done} == {State.FAIL}
     assert {t.user_attrs["error"] for t in done} == {"still training at twice --timeout"}
@@ -384,10 +385,13 @@ def test_a_model_raising_value_error_fails_its_trials_and_the_study_goes_on(
     tmp_path: Path,
 ) -> None:
     """An exception is the trial's failure, whatever its type: a ValueError is not taken for
-    a failing storage."""
+    a failing storage. Every trial of this run fails, so the run ends as an error naming the
+    first cause (not the storage)."""
     run, url = faulty_run(tmp_path, "value-error", "--n-trials", "2")
     _, err = real_runs.finish(run)
-    assert run.returncode == 0, err
+    assert run.returncode == 2, err
+    assert_one_line(err, "lrsearch: error: every trial of this run failed; the first, trial ")
+    assert "a model's own complaint" in err and "storage" not in err.splitlines()[-1]
     done = real_runs.trials(url, "f")
     assert [t.state for t in done] == [State.FAIL] * 2
     assert all("ValueError: a model's own complaint" in t.user_attrs["error"] for t in done)
