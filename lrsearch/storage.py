@@ -183,11 +183,16 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
                 grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=retry_trial,
             )
-        except sqlalchemy.exc.IntegrityError:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
+            # Processes started together on a new database race to create its tables: the
+            # loser sees a duplicate row, or (SQLite) "table ... already exists".
+            racing = isinstance(error, sqlalchemy.exc.IntegrityError) or (
+                "already exists" in str(error)
+            )
             attempts -= 1
-            if not attempts:
+            if not racing or not attempts:
                 raise
-            time.sleep(1)  # processes started together on a new database race to create tables
+            time.sleep(1)
 
 
 def owner() -> dict[str, object]:
@@ -265,28 +270,32 @@ def create_stamped_study(
     whole (its definition and seeds set), or it would write its own, and the stamp tells a
     study made by ``lrsearch run`` from one made by plain Optuna or ``lrsearch confirm``."""
     stamp = {**owner(), "version": 1}
+    study = models.StudyModel(
+        study_name=name,
+        directions=[models.StudyDirectionModel(objective=0, direction=direction)],
+        user_attributes=[
+            models.StudyUserAttributeModel(key=key, value_json=json.dumps(value))
+            for key, value in user_attrs.items()
+        ],
+        system_attributes=[
+            models.StudySystemAttributeModel(key=STAMP_ATTR, value_json=json.dumps(stamp))
+        ],
+    )
+    return _insert_once(storage, study, "creating the study")
+
+
+def _insert_once(storage: optuna.storages.RDBStorage, row: Any, doing: str) -> bool:
+    """Commit ``row`` in one transaction; False if a unique key says another process did."""
     session = storage.scoped_session()
     try:
-        session.add(
-            models.StudyModel(
-                study_name=name,
-                directions=[models.StudyDirectionModel(objective=0, direction=direction)],
-                user_attributes=[
-                    models.StudyUserAttributeModel(key=key, value_json=json.dumps(value))
-                    for key, value in user_attrs.items()
-                ],
-                system_attributes=[
-                    models.StudySystemAttributeModel(key=STAMP_ATTR, value_json=json.dumps(stamp))
-                ],
-            )
-        )
+        session.add(row)
         session.commit()
     except sqlalchemy.exc.IntegrityError:
         session.rollback()
         return False
     except sqlalchemy.exc.SQLAlchemyError as error:
         session.rollback()
-        raise optuna.exceptions.StorageInternalError("creating the study failed") from error
+        raise optuna.exceptions.StorageInternalError(f"{doing} failed") from error
     return True
 
 
@@ -300,21 +309,10 @@ def claim_once(study: optuna.Study, key: str) -> bool:
             return False
         storage.set_study_system_attr(study._study_id, key, {"pid": os.getpid()})
         return True
-    session = storage.scoped_session()
-    try:
-        session.add(
-            models.StudySystemAttributeModel(
-                study_id=study._study_id, key=key, value_json=json.dumps(owner())
-            )
-        )
-        session.commit()
-    except sqlalchemy.exc.IntegrityError:
-        session.rollback()
-        return False
-    except sqlalchemy.exc.SQLAlchemyError as error:
-        session.rollback()
-        raise optuna.exceptions.StorageInternalError("claiming the study failed") from error
-    return True
+    claim = models.StudySystemAttributeModel(
+        study_id=study._study_id, key=key, value_json=json.dumps(owner())
+    )
+    return _insert_once(storage, claim, "claiming the study")
 
 
 def claimer_alive(study: optuna.Study, key: str) -> bool:
