@@ -41,6 +41,7 @@ from lrsearch.storage import (
     FAILING_STORAGE,
     STORAGE_ERRORS,
     claim_once,
+    database_of,
     fail_dead_trials,
     first_line,
     heartbeat,
@@ -537,8 +538,8 @@ def _code(error: BaseException) -> str:
 
 def _fail(run: Run, trials: Sequence[optuna.Trial], reason: str) -> None:
     """Mark ``trials`` FAIL with ``reason``, unless another process finished them already."""
-    storage = run.study._storage
-    if isinstance(storage, optuna.storages.RDBStorage):
+    storage = database_of(run.study)
+    if storage is not None:
         storage.scoped_session.remove()  # drops a transaction an interrupt left open
     for trial in trials:
         with contextlib.suppress(*STORAGE_ERRORS, optuna.exceptions.UpdateFinishedTrialError):

@@ -39,6 +39,7 @@ __all__ = [
     "claim_once",
     "claimer_alive",
     "create_stamped_study",
+    "database_of",
     "fail_dead_trials",
     "first_line",
     "heartbeat",
@@ -299,15 +300,26 @@ def _insert_once(storage: optuna.storages.RDBStorage, row: Any, doing: str) -> b
     return True
 
 
+def database_of(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The database under ``study``, or None in memory.
+
+    Optuna wraps every RDBStorage it is given in a private cache (``_CachedStorage``), so
+    ``isinstance(study._storage, RDBStorage)`` is always false: claims then fell back to a
+    read-then-write that two processes on PostgreSQL both won, and no heartbeat was kept."""
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
 def claim_once(study: optuna.Study, key: str) -> bool:
     """True for the one process, of all that ever ask, that first claims ``key`` on the study
     (a system attribute whose unique key the database enforces): for work that must happen
     once per study however many processes start it together, such as queueing baselines."""
-    storage = study._storage
-    if not isinstance(storage, optuna.storages.RDBStorage):  # in memory: one process
-        if key in storage.get_study_system_attrs(study._study_id):
+    storage = database_of(study)
+    if storage is None:  # in memory: one process
+        if key in study._storage.get_study_system_attrs(study._study_id):
             return False
-        storage.set_study_system_attr(study._study_id, key, {"pid": os.getpid()})
+        study._storage.set_study_system_attr(study._study_id, key, {"pid": os.getpid()})
         return True
     claim = models.StudySystemAttributeModel(
         study_id=study._study_id, key=key, value_json=json.dumps(owner())
@@ -369,22 +381,25 @@ def _alive(pid: object) -> bool:
 def heartbeat(study: optuna.Study, trials: Sequence[optuna.Trial]) -> Iterator[None]:
     """Mark ``trials`` alive every HEARTBEAT_SECONDS while the block runs, as
     ``study.optimize`` does for its one trial; a population has several."""
-    storage = study._storage  # the RDBStorage that records heartbeats
-    if not isinstance(storage, optuna.storages.RDBStorage):
+    storage = database_of(study)  # the database that records heartbeats
+    if storage is None:
         yield
         return
     ids = [trial._trial_id for trial in trials]
     stop = threading.Event()
 
     def beat() -> None:
-        while True:
-            for trial_id in ids:
-                with contextlib.suppress(*STORAGE_ERRORS):  # the run reports a dead storage
-                    storage.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_SECONDS):
-                return
+        for trial_id in ids:
+            with contextlib.suppress(*STORAGE_ERRORS):  # the run reports a dead storage
+                storage.record_heartbeat(trial_id)
 
-    thread = threading.Thread(target=beat, name="lrsearch-heartbeat", daemon=True)
+    def keep_beating() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            beat()
+
+    beat()  # alive from the first moment, not from the thread's first turn
+
+    thread = threading.Thread(target=keep_beating, name="lrsearch-heartbeat", daemon=True)
     thread.start()
     try:
         yield

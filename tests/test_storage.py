@@ -25,12 +25,15 @@ import pytest
 import real_runs
 import sqlalchemy.exc
 from digits_study import DIGITS_STUDY_FILE, digits_study
+from optuna.storages._rdb.models import TrialHeartbeatModel
 
 from lrsearch import storage as storage_module
 from lrsearch.storage import (
     RETRY_ATTR,
     claim_once,
+    database_of,
     fail_dead_trials,
+    heartbeat,
     owner,
     redact,
     storage_error,
@@ -349,3 +352,33 @@ def test_work_claimed_once_per_study_goes_to_the_first_claimer(tmp_path: Path) -
     config = digits_study(tmp_path / "c.db")
     studies = [open_study(config, url) for _ in range(3)]
     assert [claim_once(study, "lrsearch:test") for study in studies] == [True, False, False]
+
+
+def test_a_claim_is_the_databases_unique_key_not_a_read_then_a_write(tmp_path: Path) -> None:
+    """Two processes on PostgreSQL both read "no claim yet" and both queued the baselines: the
+    second claimer here has read before the first wrote, and still loses."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    first, second = (open_study(digits_study(tmp_path / "c.db"), url) for _ in range(2))
+    second._storage.get_study_system_attrs = lambda study_id: {}  # type: ignore[method-assign]
+    assert claim_once(first, "lrsearch:test")
+    assert not claim_once(second, "lrsearch:test")
+    assert first._storage.get_study_system_attrs(first._study_id)["lrsearch:test"] == owner()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
+def test_a_population_beats_from_its_first_moment(tmp_path: Path) -> None:
+    """Without heartbeats a worker lost on another machine leaves its trials RUNNING forever."""
+    study = open_study(digits_study(tmp_path / "b.db"), f"sqlite:///{tmp_path / 'b.db'}")
+    trials = [study.ask(), study.ask()]
+    database = database_of(study)
+    assert database is not None
+
+    def beats() -> set[int]:
+        session = database.scoped_session()
+        rows = session.query(TrialHeartbeatModel.trial_id).all()
+        session.commit()
+        return {row.trial_id for row in rows}
+
+    assert beats() == set()
+    with heartbeat(study, trials):
+        assert beats() == {trial._trial_id for trial in trials}
