@@ -696,11 +696,22 @@ def metric_attrs(task: Task, runs: Sequence[TrainResult], objective: Metric) -> 
             attrs[f"{split}_{name}_per_seed"] = [v if math.isfinite(v) else None for v in per_seed]
     if objective.name == "accuracy":
         attrs["val_correct"] = [pack_correct(run.val_correct) for run in runs]
-    elif objective.of_mean is None:  # a mean of per-example figures pairs example by example
-        attrs[f"val_{objective.name}_figures"] = [
-            pack_figures(run.val_figures[objective.name]) for run in runs
-        ]
+        return attrs
+    # Any other mean of per-example figures pairs example by example; a function of the mean
+    # (perplexity) pairs its figures too, and its slope there turns the paired difference of
+    # means into the metric's own units (lrsearch.stats).
+    figures = [run.val_figures[objective.name] for run in runs]
+    attrs[f"val_{objective.name}_figures"] = [pack_figures(f) for f in figures]
+    if objective.of_mean is not None:
+        attrs[f"val_{objective.name}_slope"] = _slope(objective, float(np.mean(figures)))
     return attrs
+
+
+def _slope(metric: Metric, mean: float) -> float | None:
+    """The metric's derivative at ``mean``, by a central difference."""
+    step = 1e-6 * max(1.0, abs(mean))
+    slope = (metric.value(mean + step) - metric.value(mean - step)) / (2 * step)
+    return slope if math.isfinite(slope) else None
 
 
 def _se(

@@ -29,6 +29,7 @@ __all__ = [
     "binomial_se",
     "compare",
     "compare_across_seeds",
+    "in_metric_units",
     "mcnemar_p",
     "mean_se",
     "pack_correct",
@@ -112,6 +113,9 @@ class Scores:
     figures: npt.NDArray[Any] | None = None  # seeds x examples: bool or float
     metric: str = "accuracy"
     higher_is_better: bool = True
+    # For a metric that is a function of the figures' mean (perplexity: exp of the mean loss),
+    # its slope at this trial's mean; None where the metric is the mean itself.
+    slope: float | None = None
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,24 @@ def _paired(a: Scores, b: Scores) -> Comparison | None:
         comparison = paired_bootstrap(a.figures.astype(bool), b.figures.astype(bool))
     else:
         comparison = paired_normal(a.figures.astype(np.float64), b.figures.astype(np.float64))
+    if (a.slope is None) != (b.slope is None):
+        return None  # one side's figures are in the metric's units, the other's not
+    if a.slope is not None and b.slope is not None:
+        comparison = in_metric_units(comparison, (a.slope + b.slope) / 2)
     return dataclasses.replace(comparison, higher_is_better=a.higher_is_better)
+
+
+def in_metric_units(comparison: Comparison, slope: float) -> Comparison:
+    """A paired difference of mean figures said in the units of a metric that is a monotone
+    function of that mean (the delta method, with the slope between the two trials): the
+    interval keeps its sign, so the verdict is the one the figures give."""
+    return dataclasses.replace(
+        comparison,
+        difference=slope * comparison.difference,
+        low=slope * comparison.low,
+        high=slope * comparison.high,
+        method=comparison.method + f", mapped by the metric's slope {slope:.4g} (delta method)",
+    )
 
 
 def unpaired(a: Scores, b: Scores) -> Comparison:

@@ -90,7 +90,9 @@ def run_scores(runs: Sequence[optuna.trial.FrozenTrial], split: str = "val") -> 
         else None
     )
     higher = higher_is_better(runs[0]) if runs else True
-    return Scores(value, per_seed, examples, se, figures, metric, higher)
+    slopes = [float(s) for run in runs if (s := run.user_attrs.get(f"{name}_slope")) is not None]
+    slope = statistics.mean(slopes) if runs and len(slopes) == len(runs) else None
+    return Scores(value, per_seed, examples, se, figures, metric, higher, slope)
 
 
 def _accuracy(value: Any) -> float:

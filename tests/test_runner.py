@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import shutil
 import signal
 import subprocess
@@ -21,8 +22,10 @@ from lrsearch.export import intermediate_table
 from lrsearch.runner import StudyReport, run_study
 from lrsearch.schedules import make_schedule
 from lrsearch.space import space_from_table
+from lrsearch.stats import unpack_figures
 from lrsearch.study import open_study
 from lrsearch.training import TrainConfig
+from lrsearch.verdict import verdict_rows, versus
 
 State = optuna.trial.TrialState
 
@@ -166,6 +169,13 @@ class SmallBatchesOnly(nn.Module):
 def breaks(data_dir):
     x, y = data()
     return TaskSource(x, y, x[:20], y[:20], None, {"m": SmallBatchesOnly}, loss="mse")
+
+
+def tokens(data_dir):
+    x = torch.randint(0, 6, (160, 8), generator=torch.Generator().manual_seed(0))
+    y = (x + 1) % 6  # each position's next token follows from its own
+    model = lambda: nn.Sequential(nn.Embedding(6, 8), nn.Linear(8, 6))  # noqa: E731
+    return TaskSource(x, y, x[:40], y[:40], 6, {"m": model})
 
 
 def closeness(data_dir):
@@ -395,3 +405,30 @@ def test_a_model_raising_value_error_fails_its_trials_and_the_study_goes_on(
     done = real_runs.trials(url, "f")
     assert [t.state for t in done] == [State.FAIL] * 2
     assert all("ValueError: a model's own complaint" in t.user_attrs["error"] for t in done)
+
+
+def test_a_perplexity_study_pairs_its_verdicts_in_perplexity(
+    tmp_path: Path, user_tasks: str
+) -> None:
+    """Perplexity is the exponential of the mean loss, not a mean: its verdicts pair the
+    per-example losses and say the difference in perplexity, through its slope there."""
+    config = digits_study(
+        tmp_path / "ppl.db",
+        n_trials=3,
+        objective="val_perplexity",
+        task=TaskConfig(name=f"{user_tasks}:tokens", val_size=0.25),
+        training=TrainConfig(epochs=2, batch_size=16),
+        space=space_from_table({"families": ["constant"], "lr": [1e-3, 0.5]}),
+    )
+    run_study(config, out=io.StringIO())
+    for trial in stored(config):
+        attrs = trial.user_attrs
+        losses = unpack_figures(attrs["val_perplexity_figures"][0], attrs["val_examples"])
+        assert trial.value == pytest.approx(math.exp(losses.mean()), rel=1e-5)
+        assert attrs["val_perplexity_slope"] == pytest.approx(trial.value, rel=1e-4)
+    line = dict(verdict_rows(stored(config)))["best vs runner-up"]
+    assert " val perplexity [95% " in line and "unpaired" not in line
+    (comparison,) = [v.comparison for v in versus(stored(config)) if v.name == "best vs runner-up"]
+    best, runner_up = sorted(stored(config), key=lambda t: t.value)[:2]
+    assert comparison.method.startswith("paired over examples")
+    assert comparison.difference == pytest.approx(best.value - runner_up.value, rel=0.05)
