@@ -475,7 +475,7 @@ def run_trials(
         if progress is not None:
             progress.note(f"the population still trained at twice --timeout {config.timeout:g} s")
         return
-    except STORAGE_ERRORS as error:
+    except FAILING_STORAGE as error:  # a ValueError here is a bug, not the storage's doing
         raise storage_failure(run.storage, error) from None
 
 

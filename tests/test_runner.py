@@ -16,6 +16,7 @@ import pytest
 import real_runs
 from digits_study import DIGITS_STUDY_FILE, digits_study
 
+from lrsearch import runner
 from lrsearch.config import TaskConfig
 from lrsearch.errors import LrsearchError
 from lrsearch.export import intermediate_table
@@ -432,3 +433,20 @@ def test_a_perplexity_study_pairs_its_verdicts_in_perplexity(
     best, runner_up = sorted(stored(config), key=lambda t: t.value)[:2]
     assert comparison.method.startswith("paired over examples")
     assert comparison.difference == pytest.approx(best.value - runner_up.value, rel=0.05)
+
+
+def test_a_bug_outside_the_trials_is_not_called_a_storage_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ValueError from lrsearch's own code between trials is a bug: it propagates as itself
+    (the CLI's traceback is then the right report), and the population's trials are failed."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug in the population")
+
+    monkeypatch.setattr(runner, "_run_population", broken)
+    config = digits_study(tmp_path / "bug.db", n_trials=2)
+    with pytest.raises(ValueError, match="a bug in the population"):
+        run_study(config, out=io.StringIO())
+    assert [t.state for t in stored(config)] == [State.FAIL] * 2
+    assert stored(config)[0].user_attrs["error"] == "ValueError: a bug in the population"
