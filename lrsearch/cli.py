@@ -134,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--seeds", type=int, default=3, help="seeds per schedule")
     decompose = commands.add_parser(
         "decompose",
-        help="split the search's gain into the peak LR's and the shape's",
+        help="split the search's gain into the peak LR's, the shape's and the schedule's",
         description="Train the reference shapes at the study's default peak and at the best "
-        "trial's own, beside the best trial (same seeds, same batches), and say whether to "
-        "change only the peak LR, use the searched shape, or nothing.",
+        "trial's own, beside the best trial and a schedule-free run (same seeds, same "
+        "batches), and say whether to drop the schedule, use the searched shape, change only "
+        "the peak LR, or nothing.",
     )
     _add_study_options(decompose)
     decompose.add_argument(

@@ -39,7 +39,9 @@ __all__ = [
 
 SamplerName = Literal["tpe", "tpe-independent", "random"]
 PrunerName = Literal["none", "median", "percentile", "hyperband"]
-OptimizerName = Literal["sgd", "adam", "adamw", "adamw-schedulefree"]
+OptimizerName = Literal["sgd", "adam", "adamw", "adamw-schedulefree", "sgd-schedulefree"]
+# The setting a schedule-free optimizer interpolates with (y = beta x + (1 - beta) z).
+SCHEDULE_FREE_BETA = {"adamw-schedulefree": "beta1", "sgd-schedulefree": "momentum"}
 
 # numpy's generators, and so Optuna's samplers, take seeds in [0, 2**32 - 1] only.
 SEED_MAX = 2**32 - 1
@@ -83,13 +85,13 @@ class TrainConfig:
     # CPU threads per process; None: THREADS (measured, README "Threads"), shared among workers.
     threads: int | None = None
     optimizer: OptimizerName = "sgd"
-    momentum: float = 0.9  # SGD only
+    momentum: float = 0.9  # SGD only (sgd-schedulefree: its beta, which must be > 0)
     nesterov: bool = False  # SGD only
     weight_decay: float = 0.0
     # False: weight decay only on weight matrices (parameters of two or more dimensions), not
     # on norms, biases or embeddings, as minGPT does (nanoGPT today decays embeddings too).
     decay_all: bool = True
-    beta1: float = 0.9  # Adam and AdamW; torch.optim's defaults
+    beta1: float = 0.9  # Adam and AdamW (adamw-schedulefree: > 0); torch.optim's defaults
     beta2: float = 0.999
     eps: float = 1e-8
     # Each member's gradients clipped to this global norm (clip_grad_norm_); None: no clipping.
@@ -147,6 +149,19 @@ class TrainConfig:
             raise LrsearchError(f"training.divergence_factor={self.divergence_factor} must be > 1")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise LrsearchError("training.nesterov needs optimizer 'sgd' with momentum > 0")
+        # Schedule-free evaluates x = (y - (1 - beta) z) / beta: beta 0 has no average.
+        beta = SCHEDULE_FREE_BETA.get(self.optimizer)
+        if beta is not None and getattr(self, beta) == 0:
+            raise LrsearchError(
+                f"training.{beta}=0.0 is not allowed with optimizer '{self.optimizer}'; "
+                "it must be in (0, 1)"
+            )
+
+    @property
+    def schedule_free_beta(self) -> float | None:
+        """Schedule-free's beta for this optimizer; None: the optimizer is not schedule-free."""
+        beta = SCHEDULE_FREE_BETA.get(self.optimizer)
+        return None if beta is None else float(getattr(self, beta))
 
 
 @dataclass(frozen=True)

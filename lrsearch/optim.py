@@ -9,12 +9,16 @@ to each member's own gradients: one member's large gradient never shrinks anothe
 fp16 loss scaling is ``torch.amp.GradScaler``'s, again per member: one member's overflow
 skips its own step only.
 
-``adamw-schedulefree`` is schedule-free AdamW (Defazio et al. 2024, "The Road Less
-Scheduled"), the ``schedulefree`` package's ``AdamWScheduleFree`` update (r = 0,
-weight_lr_power = 2, warmup from the schedule rather than its own), with each member's
-running weight sum and largest LR so far kept apart. The parameters hold the point the
-gradient is taken at (y) while training; ``eval()`` moves them to the average (x) that the
-method evaluates, ``train()`` back. A member at LR 0 neither moves nor adds to its average.
+``adamw-schedulefree`` and ``sgd-schedulefree`` are schedule-free AdamW and SGD (Defazio et
+al. 2024, "The Road Less Scheduled"), the ``schedulefree`` package's ``AdamWScheduleFree``
+and ``SGDScheduleFree`` updates (r = 0, weight_lr_power = 2, warmup from the schedule rather
+than their own), with each member's running weight sum and largest LR so far kept apart.
+The two differ only in the direction z steps along: AdamW's gradient normalized by its
+second moment, SGD's raw gradient; both add weight decay at y, as the package does, and
+interpolate with their own beta (AdamW's beta1, SGD's momentum). The parameters hold the
+point the gradient is taken at (y) while training; ``eval()`` moves them to the average (x)
+that the method evaluates, ``train()`` back. A member at LR 0 neither moves nor adds to its
+average.
 """
 
 from __future__ import annotations
@@ -123,6 +127,7 @@ class MemberOptimizer:
         self.weight_sum = torch.zeros(members, dtype=torch.float64, device=device)
         self.lr_max = torch.zeros(members, dtype=torch.float64, device=device)
         self.averaged = False  # schedule-free: the parameters hold x (eval) rather than y
+        self.beta = config.schedule_free_beta  # None: not schedule-free
 
     @torch.no_grad()
     def eval(self) -> None:
@@ -135,12 +140,12 @@ class MemberOptimizer:
         self._move_to_average(False)
 
     def _move_to_average(self, averaged: bool) -> None:
-        if self.config.optimizer != "adamw-schedulefree" or self.averaged == averaged:
+        beta = self.beta
+        if beta is None or self.averaged == averaged:
             return
-        beta1 = self.config.beta1
         for param, state in zip(self.params, self.state, strict=True):
             if "z" in state:  # y = b x + (1 - b) z  <=>  x = (y - (1 - b) z) / b
-                param.lerp_(state["z"], 1 - 1 / beta1 if averaged else 1 - beta1)
+                param.lerp_(state["z"], 1 - 1 / beta if averaged else 1 - beta)
         self.averaged = averaged
 
     def scaled(self, losses: torch.Tensor) -> torch.Tensor:
@@ -196,7 +201,7 @@ class MemberOptimizer:
         config = self.config
         if config.clip_norm is not None:
             self.clip(config.clip_norm)
-        mix = self._average_weight(lr) if config.optimizer == "adamw-schedulefree" else None
+        mix = None if self.beta is None else self._average_weight(lr)
         for param, state, decay in zip(self.params, self.state, self.decay, strict=True):
             if param.grad is None:
                 continue
@@ -281,18 +286,23 @@ class MemberOptimizer:
         state: dict[str, torch.Tensor],
         decay: float,
     ) -> None:
-        beta1, beta2 = self.config.beta1, self.config.beta2
+        assert self.beta is not None  # only schedule-free optimizers come here
         mix = self._per_row(mix, param)
         if not state:
             state["z"] = param.clone()
-            state["exp_avg_sq"] = torch.zeros_like(param)
-        z, exp_avg_sq = state["z"], state["exp_avg_sq"]
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        counts = torch.tensor(self.steps, dtype=torch.float64, device=param.device)
-        correction2 = self._per_row((1 - beta2**counts).float(), param)
-        normalized = grad / (exp_avg_sq / correction2).sqrt().add_(self.config.eps)
+        if self.config.optimizer == "adamw-schedulefree":
+            grad = self._normalized(grad, state)
         if decay:
-            normalized.add_(param, alpha=decay)
-        param.lerp_(z, mix)
-        param.add_(normalized * rate * (beta1 * (1 - mix) - 1))
-        z.sub_(normalized * rate)
+            grad = grad.add(param, alpha=decay)
+        param.lerp_(state["z"], mix)
+        param.add_(grad * rate * (self.beta * (1 - mix) - 1))
+        state["z"].sub_(grad * rate)
+
+    def _normalized(self, grad: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Schedule-free AdamW's step direction: the gradient over its bias-corrected RMS."""
+        beta2 = self.config.beta2
+        exp_avg_sq = state.setdefault("exp_avg_sq", torch.zeros_like(grad))
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        counts = torch.tensor(self.steps, dtype=torch.float64, device=grad.device)
+        correction2 = self._per_row((1 - beta2**counts).float(), grad)
+        return grad / (exp_avg_sq / correction2).sqrt().add_(self.config.eps)

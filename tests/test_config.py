@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lrsearch import LrsearchError
-from lrsearch.config import StudyConfig, default_storage, load_study_file
+from lrsearch.config import StudyConfig, TrainConfig, default_storage, load_study_file
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -74,6 +74,16 @@ def test_overrides_apply_by_section_and_are_validated(tmp_path: Path) -> None:
         ("[training]\noptimizer = 'lion'", "choose one of 'sgd'"),
         ("[training]\nmomentum = 1.5", "momentum=1.5"),
         ("[training]\nnesterov = true\nmomentum = 0.0", "nesterov"),
+        ("[training]\noptimizer = 'sgd-schedulefree'\nnesterov = true", "nesterov"),
+        (
+            "[training]\noptimizer = 'sgd-schedulefree'\nmomentum = 0.0",
+            "training.momentum=0.0 is not allowed with optimizer 'sgd-schedulefree'; "
+            "it must be in (0, 1)",
+        ),
+        (
+            "[training]\noptimizer = 'adamw-schedulefree'\nbeta1 = 0.0",
+            "training.beta1=0.0 is not allowed with optimizer 'adamw-schedulefree'",
+        ),
         ("[training]\nbf16 = 'yes'", "expected true or false, or the key left out"),
         ("[study]\ntimeout = 'soon'", "expected a number, or the key left out"),
         ("[space]\nlr = [1.0, 0.1]", "empty"),
@@ -174,3 +184,12 @@ def test_the_transformer_knobs_load_from_the_training_table(tmp_path: Path) -> N
     assert (training.beta1, training.beta2, training.eps) == (0.9, 0.95, 1e-9)
     assert (training.decay_all, training.clip_norm, training.accumulate) == (False, 1.0, 4)
     assert training.fp16 is True
+
+
+def test_schedule_free_optimizers_load_and_name_their_beta(tmp_path: Path) -> None:
+    path = tmp_path / "free.toml"
+    path.write_text("[training]\noptimizer = 'sgd-schedulefree'\nmomentum = 0.8\n")
+    training = load_study_file(path).training
+    assert (training.optimizer, training.schedule_free_beta) == ("sgd-schedulefree", 0.8)
+    assert TrainConfig(optimizer="adamw-schedulefree", beta1=0.95).schedule_free_beta == 0.95
+    assert TrainConfig(optimizer="sgd", momentum=0.8).schedule_free_beta is None

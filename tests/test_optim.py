@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrsearch.config import OptimizerName
 from lrsearch.optim import MemberOptimizer, MemberScaler
 from lrsearch.training import TrainConfig
 
@@ -176,12 +177,45 @@ def test_fp16_loss_scaling_matches_grad_scaler_member_by_member(optimizer: str) 
         torch.testing.assert_close(member_rows(stacked, k, members), param, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("decay", [0.0, 1e-2])
+SCHEDULE_FREE = [
+    TrainConfig(optimizer="adamw-schedulefree", beta2=0.99),
+    TrainConfig(optimizer="adamw-schedulefree", beta2=0.99, weight_decay=1e-2),
+    TrainConfig(optimizer="sgd-schedulefree", momentum=0.8),
+    TrainConfig(optimizer="sgd-schedulefree", momentum=0.95, weight_decay=1e-2),
+]
+
+
+def package_optimizer(param: torch.Tensor, config: TrainConfig) -> torch.optim.Optimizer:
+    """The schedulefree package's optimizer for ``config``, its own warmup off."""
+    import schedulefree
+
+    if config.optimizer == "sgd-schedulefree":
+        return schedulefree.SGDScheduleFree(
+            [param],
+            lr=0.0,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            warmup_steps=0,
+            foreach=False,
+        )
+    return schedulefree.AdamWScheduleFree(
+        [param],
+        lr=0.0,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        warmup_steps=0,
+        foreach=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "config", SCHEDULE_FREE, ids=lambda c: f"{c.optimizer}-{c.weight_decay}-{c.momentum}"
+)
 def test_schedule_free_matches_the_package_member_by_member_in_train_and_eval(
-    decay: float,
+    config: TrainConfig,
 ) -> None:
-    schedulefree = pytest.importorskip("schedulefree")
-    config = TrainConfig(optimizer="adamw-schedulefree", weight_decay=decay, beta2=0.99)
+    pytest.importorskip("schedulefree")
     members, rows = 3, 4
     generator = torch.Generator().manual_seed(0)
     stacked = torch.randn(members * rows, 5, generator=generator).requires_grad_()
@@ -192,16 +226,8 @@ def test_schedule_free_matches_the_package_member_by_member_in_train_and_eval(
     theirs = []
     for param in alone:
         param.requires_grad_()
-        optimizer = schedulefree.AdamWScheduleFree(
-            [param],
-            lr=0.0,
-            betas=(config.beta1, config.beta2),
-            eps=config.eps,
-            weight_decay=decay,
-            warmup_steps=0,
-            foreach=False,
-        )
-        optimizer.train()
+        optimizer = package_optimizer(param, config)
+        optimizer.train()  # type: ignore[attr-defined]
         theirs.append(optimizer)
     for step_lrs in lrs:
         grads = torch.randn(members * rows, 5, generator=generator)
@@ -221,7 +247,7 @@ def test_schedule_free_matches_the_package_member_by_member_in_train_and_eval(
 
 
 def test_schedule_free_eval_changes_the_weights_and_other_optimizers_ignore_it() -> None:
-    for name, moves in (("adamw-schedulefree", True), ("adamw", False)):
+    for name, moves in (("adamw-schedulefree", True), ("sgd-schedulefree", True), ("adamw", False)):
         param = torch.ones(4, 3, requires_grad=True)
         optimizer = MemberOptimizer([param], 2, TrainConfig(optimizer=name))
         for _ in range(3):
@@ -235,9 +261,10 @@ def test_schedule_free_eval_changes_the_weights_and_other_optimizers_ignore_it()
         torch.testing.assert_close(param, before)
 
 
-def test_a_schedule_free_member_at_lr_zero_does_not_move() -> None:
+@pytest.mark.parametrize("name", ["adamw-schedulefree", "sgd-schedulefree"])
+def test_a_schedule_free_member_at_lr_zero_does_not_move(name: OptimizerName) -> None:
     param = torch.ones(4, 3, requires_grad=True)
-    optimizer = MemberOptimizer([param], 2, TrainConfig(optimizer="adamw-schedulefree"))
+    optimizer = MemberOptimizer([param], 2, TrainConfig(optimizer=name))
     param.grad = torch.ones(4, 3)
     optimizer.step(torch.tensor([0.1, 0.1]))
     frozen = param[2:].detach().clone()
