@@ -8,8 +8,11 @@ batch before it is used, so a model that one way cannot express falls through to
   norms K times as wide, linear layers batched matmuls (``baddbmm``); embeddings read the
   shared token ids from K tables at once, layer norms and linear layers act on ``[K, ...]``
   activations, and a block of the model's own (a residual unit, a transformer block, the
-  model itself) keeps its forward with its children made wide. On a 2-core CPU this is the
-  way that pays: small layers become large ones (BENCHMARKS.md).
+  model itself) keeps its forward with its children made wide. A layer is rebuilt only when
+  it is exactly of a type this way knows, with no hook: a subclass's or a hook's code (a
+  LoRA branch, a parametrized weight) would be dropped, and a difference in training mode
+  alone escapes the probe. On a 2-core CPU this is the way that pays: small layers become
+  large ones (BENCHMARKS.md).
 - ``vmap``: ``torch.func.stack_module_state`` + ``vmap`` + ``functional_call``, for models
   built from layers the first way does not know.
 - ``loop``: the same stacked parameters, each member's slice run in turn by
@@ -81,6 +84,21 @@ _POOLS = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
+)
+# Every layer rebuilt wide, or run unchanged on wide activations, by its exact type.
+_KNOWN = (
+    nn.Sequential,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Linear,
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.Dropout,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.Flatten,
+    *_CHANNEL_WISE,
+    *_POOLS,
 )
 
 
@@ -188,6 +206,16 @@ def _wide(
     first = models[0]
     if any(type(m) is not type(first) for m in models):
         raise _NotStackable("the members' models differ in structure")
+    if any(_hooked(m) for m in models):
+        raise _NotStackable(f"a hook on {type(first).__name__}")
+    if isinstance(first, _KNOWN) and type(first) not in _KNOWN:
+        # A subclass may compute anything (an output scaled, a LoRA branch, a parametrized
+        # weight, a helper of its forward replaced): the wide layer would silently drop it,
+        # and the probe, comparing eval-mode outputs, misses a difference in training alone.
+        # Its own forward is kept as a block's, or vmap and the loop run it.
+        if _is_block(first):
+            return _wide_block(models, layout, generators)
+        raise _NotStackable(f"{type(first).__name__} subclasses a known layer")
     if isinstance(first, nn.Sequential):
         layers = []
         for parts in zip(*(list(m.children()) for m in models), strict=True):
@@ -212,9 +240,26 @@ def _wide(
         return copy.deepcopy(first), layout
     if isinstance(first, _POOLS) and layout is not _Layout.MEMBER:
         return copy.deepcopy(first), layout
-    if any(True for _ in first.children()) and not any(True for _ in first.parameters(False)):
+    if _is_block(first):
         return _wide_block(models, layout, generators)
     raise _NotStackable(f"{type(first).__name__} after a {layout.value} layout")
+
+
+def _hooked(module: nn.Module) -> bool:
+    """A hook may change the module's inputs, outputs or gradients: a wide rebuild of it
+    would not run the hook as the model does."""
+    hooks = (
+        module._forward_hooks,
+        module._forward_pre_hooks,
+        module._backward_hooks,
+        module._backward_pre_hooks,
+    )
+    return any(hooks)
+
+
+def _is_block(module: nn.Module) -> bool:
+    """Children and no parameters of its own: its forward can be kept, its children made wide."""
+    return any(True for _ in module.children()) and not any(True for _ in module.parameters(False))
 
 
 def _wide_block(

@@ -39,6 +39,8 @@ __all__ = [
     "BUILTIN_METRICS",
     "BUILTIN_TASKS",
     "Metric",
+    "Stream",
+    "Targets",
     "Task",
     "TaskSource",
     "lenet",
@@ -140,6 +142,50 @@ def _exp(value: float) -> float:
     return math.exp(value) if value < 700 else math.inf
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What a task's targets may hold, by its loss. One check for a split in memory and for
+    every streamed batch, so that a target the loss cannot take is one line naming where it
+    is, never an IndexError, a CUDA assert or a trial of NaN."""
+
+    loss: str  # "cross_entropy": class numbers; "mse": real values
+    classes: int  # cross_entropy's classes are 0 .. classes - 1
+    ignore_index: int | None  # a class per position: targets equal to it are not scored
+
+    def outside(self, targets: torch.Tensor) -> torch.Tensor:
+        """Where a target is one the loss cannot take. On the targets' device, without waiting
+        for it: a stream computes it for every batch and reads the verdicts later."""
+        if self.loss == "mse":
+            return ~targets.isfinite()
+        outside = (targets < 0) | (targets >= self.classes)
+        return outside if self.ignore_index is None else outside & (targets != self.ignore_index)
+
+    def check_dtype(self, name: str, targets: torch.Tensor) -> None:
+        if self.loss == "mse" and not targets.is_floating_point():
+            raise LrsearchError(f"{name} must be real values for loss 'mse', got {targets.dtype}")
+        if self.loss == "cross_entropy" and targets.dtype != torch.int64:
+            raise LrsearchError(f"{name} must be int64 class numbers, got {targets.dtype}")
+
+    def check(self, name: str, targets: torch.Tensor) -> None:
+        """Refuse ``targets`` (called ``name`` in the message) unless the loss can take them
+        all; the message says what is wrong and what is allowed."""
+        self.check_dtype(name, targets)
+        outside = self.outside(targets)
+        if not outside.any():
+            return
+        if self.loss == "mse":
+            raise LrsearchError(
+                f"{name} must be finite real values for loss 'mse', got {int(outside.sum())} "
+                "nan or inf"
+            )
+        scored = targets if self.ignore_index is None else targets[targets != self.ignore_index]
+        ignored = "" if self.ignore_index is None else f" (or ignore_index {self.ignore_index})"
+        raise LrsearchError(
+            f"{name} must lie in [0, {self.classes - 1}]{ignored}, got values from "
+            f"{int(scored.min())} to {int(scored.max())}"
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class TaskSource:
     """What a task builder returns: its data on the CPU, how to score it, and its models.
@@ -239,7 +285,7 @@ class TaskSource:
         return self.loss == "cross_entropy" and self.test_labels.dim() > 1
 
     def check_split(self, split: str, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """One split's inputs and targets, or one streamed batch, against the test split's."""
+        """One split's inputs and targets against the test split's."""
         if len(inputs) == 0 or inputs.dim() < 2:
             raise LrsearchError(
                 f"{split}_images must be a non-empty [N, ...] tensor, got shape "
@@ -257,27 +303,18 @@ class TaskSource:
                 f"{split}_labels must have shape {(len(inputs), *expected.shape[1:])} for "
                 f"{len(inputs)} inputs, got {tuple(targets.shape)}"
             )
-        if self.loss == "cross_entropy":
-            self._check_classes(split, targets)
-        elif not callable(self.loss) and not targets.is_floating_point():
-            raise LrsearchError(
-                f"{split}_labels must be real values for loss 'mse', got {targets.dtype}"
-            )
-
-    def _check_classes(self, split: str, targets: torch.Tensor) -> None:
-        classes = self.num_classes or 0
-        if targets.dtype != torch.int64:
-            raise LrsearchError(f"{split}_labels must be int64 class numbers, got {targets.dtype}")
-        scored = targets[targets != self.ignore_index] if self.per_position else targets
-        if len(scored) == 0:
+        allowed = self.targets()
+        if allowed is not None:
+            allowed.check(f"{split}_labels", targets)
+        if self.per_position and not (targets != self.ignore_index).any():
             raise LrsearchError(f"{split}_labels has no target that is not ignore_index")
-        low, high = int(scored.min()), int(scored.max())
-        if low < 0 or high >= classes:
-            ignored = f" (or ignore_index {self.ignore_index})" if self.per_position else ""
-            raise LrsearchError(
-                f"{split}_labels must lie in [0, {classes - 1}]{ignored}, got values from "
-                f"{low} to {high}"
-            )
+
+    def targets(self) -> Targets | None:
+        """What the targets may hold; None for a loss of the task's own, which alone knows."""
+        if callable(self.loss):
+            return None
+        ignore_index = self.ignore_index if self.per_position else None
+        return Targets(self.loss, self.num_classes or 0, ignore_index)
 
     def loss_function(self) -> PerExample:
         if callable(self.loss):
@@ -340,6 +377,7 @@ class Task:
     metrics: Mapping[str, Metric]
     # The loss of a trivial guess (uniform classes, the targets' mean), for divergence.
     loss_scale: float
+    targets: Targets | None  # what the targets may hold; None: the task's own loss knows
     transform: BatchTransform | None = None
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
     steps: int | None = None
@@ -361,48 +399,96 @@ class Task:
             inputs = self.transform(inputs, generator)
         return self.normalize(inputs)
 
-    def stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def stream(self) -> Stream:
         """The streamed batches on the device, passes one after another, each checked."""
-        assert self.batches is not None
-        reference = (self.val_images, self.val_labels)
+        return Stream(self)
+
+
+class Stream:
+    """A streamed task's batches on the device, passes one after another, each checked.
+
+    A batch's shapes and dtypes are checked as it is read; its targets' values on the device,
+    where waiting for the verdict would cost a host sync every step. A target the loss cannot
+    take is replaced by 0 there, so that no class out of range reaches the loss (an
+    IndexError, a CUDA assert) and no NaN a member, and ``verify``, called where training
+    reads the device anyway, ends the run in one line naming the first such batch. The steps
+    in between train on for results that are never recorded."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.read = 0  # batches read so far, over every pass
+        # (batch number, its targets as read, whether any is outside) since the last verify.
+        self.unverified: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.batches = self._passes()
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return next(self.batches)
+
+    def _passes(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        task, allowed = self.task, self.task.targets
+        assert task.batches is not None
         while True:
             empty = True
-            for batch in self.batches:
+            for batch in task.batches:
                 empty = False
-                yield _checked_batch(self.name, batch, reference, self.device)
+                self.read += 1
+                inputs, targets = _checked_batch(task, batch, self.read)
+                if allowed is not None:
+                    outside = allowed.outside(targets)
+                    self.unverified.append((self.read, targets, outside.any()))
+                    targets = targets.masked_fill(outside, 0)
+                yield inputs, targets
             if empty:  # a generator, say: it can be read only once
                 raise LrsearchError(
-                    f"task {self.name!r}: its batches ended before the {self.steps} steps and "
+                    f"task {task.name!r}: its batches ended before the {task.steps} steps and "
                     "yielded nothing when read again; give an iterable that can be read again "
                     "(a DataLoader, an IterableDataset, a list), not a generator"
                 )
 
+    def verify(self) -> None:
+        """Refuse the first batch read since the last call with a target the loss cannot take
+        (one host sync)."""
+        unverified, self.unverified = self.unverified, []
+        allowed = self.task.targets
+        if not unverified or allowed is None:
+            return
+        flags = torch.stack([outside for _, _, outside in unverified]).tolist()
+        for (number, targets, _), outside in zip(unverified, flags, strict=True):
+            if outside:
+                allowed.check(_targets_of(self.task, number), targets)
 
-def _checked_batch(
-    task: str,
-    batch: Any,
-    reference: tuple[torch.Tensor, torch.Tensor],
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A streamed batch moved to the device, refused unless it is (inputs, targets) shaped
-    like the validation split's examples."""
+
+def _targets_of(task: Task, number: int) -> str:
+    return f"task {task.name!r}: the targets of batch {number}"
+
+
+def _checked_batch(task: Task, batch: Any, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streamed batch ``number`` moved to the device, refused unless it is (inputs, targets)
+    shaped like the validation split's examples, its targets of a dtype the loss takes."""
+    where = f"task {task.name!r}: batch {number}"
     if not (isinstance(batch, Sequence) and len(batch) == 2) or not all(
         isinstance(part, torch.Tensor) for part in batch
     ):
         raise LrsearchError(
-            f"task {task!r}: a batch must be (inputs, targets) tensors, got {type(batch).__name__}"
+            f"{where} must be (inputs, targets) tensors, got {type(batch).__name__}"
         )
     inputs, targets = batch
+    if task.targets is not None:
+        task.targets.check_dtype(_targets_of(task, number), targets)
+    reference = (task.val_images, task.val_labels)
     wanted = [(tensor.dtype, tuple(tensor.shape[1:])) for tensor in reference]
     got = [(tensor.dtype, tuple(tensor.shape[1:])) for tensor in (inputs, targets)]
     if got != wanted or len(inputs) != len(targets) or len(inputs) == 0:
         raise LrsearchError(
-            f"task {task!r}: a batch has inputs {inputs.dtype} {tuple(inputs.shape)} and targets "
+            f"{where} has inputs {inputs.dtype} {tuple(inputs.shape)} and targets "
             f"{targets.dtype} {tuple(targets.shape)}; expected [B, ...] like the validation "
             f"split's {wanted[0][0]} [N, {_dims(reference[0])}] and {wanted[1][0]} "
             f"[N, {_dims(reference[1])}]"
         )
-    return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    return inputs.to(task.device, non_blocking=True), targets.to(task.device, non_blocking=True)
 
 
 def lenet() -> nn.Module:
@@ -812,13 +898,16 @@ def prepare_task(
         loss=source.loss_function(),
         metrics=source.metric_table(),
         loss_scale=_loss_scale(source, train_labels if train_labels is not None else val_labels),
+        targets=source.targets(),
         transform=source.transform,
         batches=source.batches,
         steps=source.steps,
     )
     _check_model(name, model_name, source, task)
     if task.batches is not None:
-        _checked_batch(name, _first(name, task.batches), (val_images, val_labels), device)
+        _, targets = _checked_batch(task, _first(name, task.batches), 1)
+        if task.targets is not None:
+            task.targets.check(_targets_of(task, 1), targets)
     return task
 
 

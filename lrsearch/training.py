@@ -40,7 +40,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.optim import MemberOptimizer
 from lrsearch.schedules import Schedule
 from lrsearch.stacking import StackedModels, stack_models
-from lrsearch.tasks import PerExample, Task
+from lrsearch.tasks import PerExample, Stream, Task
 
 __all__ = [
     "PRECISION_NAMES",
@@ -290,15 +290,11 @@ def _models(task: Task, members: Sequence[Member]) -> StackedModels:
         return stack_models(models, task.normalize(probe), [member.seed for member in members])
 
 
-def _batches(
+def _shuffled(
     task: Task, config: TrainConfig, per_epoch: int, shuffle: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The training batches in order, every epoch's (``per_epoch`` optimizer steps of
-    ``accumulate`` batches): a device permutation per epoch of the data in memory, or the
-    task's stream."""
-    if task.batches is not None:
-        yield from task.stream()
-        return
+    """The training batches of the data in memory, every epoch's (``per_epoch`` optimizer
+    steps of ``accumulate`` batches): a device permutation per epoch."""
     images, labels = task.train_images, task.train_labels
     batches = per_epoch * config.accumulate
     while True:
@@ -346,7 +342,9 @@ def train_population(
     if config.compile:  # the training step only: evaluation, once an epoch, stays eager
         forward = torch.compile(stacked.module)
     amp = autocast_dtype(config, device)
-    batches = _batches(task, config, per_epoch, torch.Generator(device).manual_seed(data_seed))
+    stream = task.stream() if task.batches is not None else None
+    shuffle = torch.Generator(device).manual_seed(data_seed)
+    batches = stream if stream is not None else _shuffled(task, config, per_epoch, shuffle)
     augment = torch.Generator(device).manual_seed(_seed(data_seed, 1))
     # What a model draws from the global generator while training (anything random but
     # nn.Dropout, which stacking gives each member's own generator) starts from the data
@@ -355,7 +353,7 @@ def train_population(
     limit = config.divergence_factor * task.loss_scale
     training = torch.ones(count, device=device)  # 1: trains; 0: frozen (diverged or stopped)
     worst_loss = torch.zeros(count, device=device)  # torch.maximum keeps a NaN once seen
-    track = _Track(count, limit)
+    track = _Track(count, limit, stream)
     started = time.perf_counter()
     step = 0
     for epoch in range(config.epochs):
@@ -416,8 +414,8 @@ def _values(task: Task, figures: Figures) -> dict[str, list[float]]:
 class _Track:
     """The host's record of each member: its figures so far and why it ended, if it did."""
 
-    def __init__(self, count: int, limit: float) -> None:
-        self.count, self.limit = count, limit
+    def __init__(self, count: int, limit: float, stream: Stream | None) -> None:
+        self.count, self.limit, self.stream = count, limit, stream
         self.step = 0  # at the last check
         self.evaluated_at = -1  # the step of the last validation
         self.diverged_step: list[int | None] = [None] * count
@@ -438,7 +436,10 @@ class _Track:
 
     def check(self, training: torch.Tensor, worst_loss: torch.Tensor, step: int) -> bool:
         """Record the members frozen on the device since the last check (one host sync);
-        False once no member trains."""
+        False once no member trains. A streamed batch read since with a target the loss
+        cannot take ends the run first, in one line: the members' figures are void."""
+        if self.stream is not None:
+            self.stream.verify()
         flags, worst = torch.stack([training, worst_loss]).tolist()
         self.step = step
         for k in range(self.count):

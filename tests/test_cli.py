@@ -67,6 +67,18 @@ def nan_model(data_dir):
     return TaskSource(images, labels, images, labels, num_classes=10, models={"nan": NanLogits})
 
 
+def bad_stream(data_dir):  # streamed batches of 8, the third with a class 7 of 2
+    x = torch.randn(56, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    batches = [(x[8 * i : 8 * i + 8], y[8 * i : 8 * i + 8].clone()) for i in range(5)]
+    batches[2][1][4] = 7
+    linear = {"linear": lambda: torch.nn.Linear(4, 2)}
+    return TaskSource(
+        None, None, x[40:], y[40:], 2, linear, val_images=x[:16], val_labels=y[:16],
+        batches=batches, steps=6,
+    )
+
+
 def string_classes(data_dir):
     return TaskSource(
         train_images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8),
@@ -327,6 +339,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert err.startswith("lrsearch: error: ") and err.count("\n") == 1
     assert message in err and "secret" not in err and "Traceback" not in err
     assert snapshot(workdir) == before
+
+
+def test_a_bad_target_in_a_later_streamed_batch_ends_the_run_in_one_line_exit_2(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(workdir)
+    storage = "sqlite:///stream.db"
+    options = ["--storage", storage, "--n-trials", "2", "--no-baselines"]
+    code = main(["run", "--study", "study.toml", "--task", "bad_tasks:bad_stream", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        "lrsearch: error: task 'bad_tasks:bad_stream': the targets of batch 3 must lie in "
+        "[0, 1], got values from 0 to 7"
+    )
+    trials = optuna.load_study(study_name="cli", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all("the targets of batch 3" in t.user_attrs["error"] for t in trials)
 
 
 @pytest.mark.parametrize("option", [["--seed", "-1"], ["--seed", str(2**40)], ["--timeout", "nan"]])

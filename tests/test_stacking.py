@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from examples.custom_task import mlp
 from lrsearch.models import CharGPT, resnet_digits
@@ -52,9 +53,9 @@ def mlp_with_input_dropout_off() -> nn.Module:
     return nn.Sequential(nn.Dropout(0.0), *mlp())
 
 
-def members(factory: Callable[[], nn.Module]) -> list[nn.Module]:
+def members(factory: Callable[[], nn.Module], count: int = MEMBERS) -> list[nn.Module]:
     built = []
-    for seed in range(MEMBERS):
+    for seed in range(count):
         torch.manual_seed(seed)
         built.append(factory())
     return built
@@ -64,7 +65,7 @@ def assert_members_gradients(stacked: StackedModels, models: list[nn.Module]) ->
     """Each member's rows of every stacked gradient equal its own model's gradient."""
     for param, *own in zip(stacked.params, *(m.parameters() for m in models), strict=True):
         assert param.grad is not None
-        rows = param.grad.reshape(MEMBERS, -1)
+        rows = param.grad.reshape(len(models), -1)
         for k, member_param in enumerate(own):
             assert member_param.grad is not None
             torch.testing.assert_close(rows[k], member_param.grad.flatten(), rtol=1e-4, atol=1e-5)
@@ -262,3 +263,107 @@ def test_a_member_draws_the_same_dropout_masks_at_any_population_size(
     assert not torch.allclose(alone, outputs([seed + 1]))  # the masks differ between seeds
     torch.testing.assert_close(outputs([0, 1, 2, seed, 7, 8, 9, 10], member=3), alone)
     torch.testing.assert_close(outputs([seed, 3]), alone)
+
+
+# ----- layers the stacker knows, changed by a subclass, a hook or a parametrization -----
+# Each change shows in training mode, or in gradients, alone: the probe, comparing eval-mode
+# outputs, cannot see it, so only the rule that such a layer is never rebuilt wide keeps it.
+
+
+class DoubledInTraining(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out * 2 if self.training else out
+
+
+class LoRALinear(nn.Linear):
+    """A low-rank update beside the weight, zero at first as LoRA starts it."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.down = nn.Parameter(torch.randn(2, in_features))
+        self.up = nn.Parameter(torch.zeros(out_features, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + x @ self.down.T @ self.up.T
+
+
+class CenteredInTraining(nn.ReLU):
+    """Mixes the channels of a wide network's activations, its members' included."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out - out.mean(dim=1, keepdim=True) if self.training else out
+
+
+class NegatedInTraining(nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = super().forward(x)
+        return -out if self.training else out
+
+
+class Symmetric(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.triu() + weight.triu(1).T
+
+
+def head(hidden: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), hidden, nn.ReLU(), nn.Linear(16, 10))
+
+
+def doubling_hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+    return output * 2 if module.training else output
+
+
+def hooked() -> nn.Module:
+    linear = nn.Linear(16, 16)
+    linear.register_forward_hook(doubling_hook)
+    return head(linear)
+
+
+def symmetric() -> nn.Module:
+    linear = nn.Linear(16, 16, bias=False)
+    parametrize.register_parametrization(linear, "weight", Symmetric())
+    return head(linear)
+
+
+CHANGED = [
+    (lambda: head(DoubledInTraining(16, 16)), "vmap"),
+    (lambda: head(LoRALinear(16, 16)), "vmap"),
+    (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3), CenteredInTraining(), nn.Flatten(), nn.Linear(144, 10)
+        ),
+        "vmap",
+    ),
+    (lambda: head(NegatedInTraining(nn.Linear(16, 16))), "stacked"),  # a block: forward kept
+    (lambda: NegatedInTraining(nn.Flatten(), nn.Linear(64, 10)), "vmap"),  # on the shared input
+    (hooked, "vmap"),
+    (symmetric, "vmap"),
+]
+
+
+@pytest.mark.parametrize("count", [1, MEMBERS])
+@pytest.mark.parametrize(
+    ("factory", "path"),
+    CHANGED,
+    ids=["subclass", "lora", "channel_wise", "sequential", "top_sequential", "hook", "param"],
+)
+def test_a_known_layer_changed_by_its_model_is_not_rebuilt_wide(
+    factory: Callable[[], nn.Module], path: str, count: int
+) -> None:
+    """Each member trains as its own model alone does: the same outputs in training and the
+    same gradients, at any population size, whichever way runs it."""
+    models = members(factory, count)
+    generator = torch.Generator().manual_seed(0)
+    x = digits(generator)
+    stacked = stack_models(models, x[:2])
+    assert stacked.path == path
+    outputs = stacked.module(x)
+    expected = torch.stack([model(x) for model in models])
+    torch.testing.assert_close(outputs, expected, rtol=1e-4, atol=1e-5)
+    weights = torch.randn(expected.shape[1:], generator=generator)
+    (outputs * weights).sum().backward()
+    for model in models:
+        (model(x) * weights).sum().backward()
+    assert_members_gradients(stacked, models)

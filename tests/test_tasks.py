@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -752,6 +753,10 @@ def test_a_regression_task_scores_squared_error_and_scales_divergence_by_its_tar
             r"task 'general': loss returns \(\) for 2 examples; expected one figure per example",
         ),
         ({"train_labels": torch.zeros(32, 1, dtype=torch.int64)}, "must be real values"),
+        (
+            {"train_labels": torch.zeros(32, 1).index_fill(0, torch.tensor([3, 5]), math.inf)},
+            "train_labels must be finite real values for loss 'mse', got 2 nan or inf",
+        ),
     ],
 )
 def test_a_loss_that_does_not_fit_is_one_line_naming_the_task(
@@ -813,8 +818,9 @@ def test_a_transform_that_changes_the_batch_size_is_refused() -> None:
         prepare(TaskSource(**{**vars(numbered_source()), "transform": halves}))
 
 
-def streamed_source(batches: Any, **changes: Any) -> TaskSource:
-    source = regression_source()
+def streamed_source(batches: Any, base: TaskSource | None = None, **changes: Any) -> TaskSource:
+    """``base`` (a regression task by default) with its training data streamed as ``batches``."""
+    source = base or regression_source()
     fields: dict[str, Any] = {
         **vars(source),
         "train_images": None,
@@ -832,14 +838,66 @@ def test_a_streamed_task_checks_its_first_batch_before_any_trial() -> None:
     task = cpu_prepare(streamed_source(good))
     assert task.steps == 6 and len(task.train_images) == 0
 
-    with pytest.raises(LrsearchError, match=r"a batch has inputs .* expected \[B, \.\.\.\]"):
+    with pytest.raises(LrsearchError, match=r"batch 1 has inputs .* expected \[B, \.\.\.\]"):
         cpu_prepare(streamed_source([(torch.randn(8, 5), torch.randn(8, 1))]))
     with pytest.raises(LrsearchError, match="its batches yielded no batch"):
         cpu_prepare(streamed_source([]))
+    with pytest.raises(LrsearchError, match="the targets of batch 1 must be finite real values"):
+        cpu_prepare(streamed_source([(torch.randn(8, 4), torch.full((8, 1), math.nan))]))
     with pytest.raises(LrsearchError, match="needs steps"):
         streamed_source(good, steps=None)
     with pytest.raises(LrsearchError, match="needs its own val_images"):
         streamed_source(good, val_images=None, val_labels=None)
+
+
+def spoil_class(targets: torch.Tensor) -> torch.Tensor:
+    spoiled = targets.clone()
+    spoiled[1, 2] = 9  # a class per position, of 7 classes
+    return spoiled
+
+
+def spoil_value(targets: torch.Tensor) -> torch.Tensor:
+    spoiled = targets.clone()
+    spoiled[1, 0] = math.nan
+    return spoiled
+
+
+@pytest.mark.parametrize(
+    ("source", "spoil"),
+    [
+        (token_source, spoil_class),
+        (token_source, lambda targets: targets.float()),
+        (regression_source, spoil_value),
+    ],
+    ids=["class", "dtype", "nan"],
+)
+def test_a_bad_target_in_a_later_streamed_batch_is_the_one_line_of_the_same_data_in_memory(
+    source: Callable[..., TaskSource], spoil: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    """Batch 3 spoiled: its targets are refused as they would be in memory, naming the batch;
+    what reaches the loss meanwhile is a target it can take."""
+    good = source()
+    assert good.train_images is not None and good.train_labels is not None
+    with pytest.raises(LrsearchError) as in_memory:
+        source(train_labels=spoil(good.train_labels))
+    assert str(in_memory.value).startswith("train_labels must ")
+
+    batches = [
+        (good.train_images[8 * i : 8 * i + 8], good.train_labels[8 * i : 8 * i + 8])
+        for i in range(4)
+    ]
+    batches[2] = (batches[2][0], spoil(batches[2][1]))
+    task = cpu_prepare(streamed_source(batches, good))
+    stream = task.stream()
+    next(stream), next(stream)
+    stream.verify()  # two good batches
+    with pytest.raises(LrsearchError) as streamed:
+        _, targets = next(stream)
+        assert task.targets is not None and not task.targets.outside(targets).any()
+        next(stream)  # read on: the check waits for verify
+        stream.verify()
+    expected = str(in_memory.value).replace("train_labels", "the targets of batch 3", 1)
+    assert str(streamed.value) == f"task 'general': {expected}"
 
 
 def test_a_custom_task_does_not_import_torchvision() -> None:

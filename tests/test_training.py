@@ -6,13 +6,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lrsearch.errors import LrsearchError
 from lrsearch.idx import learnable_splits
@@ -460,10 +462,53 @@ def test_a_stream_yielding_the_wrong_shape_mid_run_is_one_line_naming_the_task()
     good = (source.test_images[:8], source.test_labels[:8])
     bad = (source.test_images[:8, :3], source.test_labels[:8])
     streamed = streamed_task(source, [good, bad], steps=4)
-    with pytest.raises(LrsearchError, match=r"task 'small': a batch has inputs"):
+    with pytest.raises(LrsearchError, match=r"task 'small': batch 2 has inputs"):
         train_population(
             streamed, [Member(Constant(lr=0.01), 1)], TrainConfig(epochs=1), data_seed=0
         )
+
+
+def classes_source() -> TaskSource:
+    inputs = torch.randn(144, 4, generator=torch.Generator().manual_seed(0))
+    labels = (inputs[:, 0] > 0).long() + (inputs[:, 1] > 0).long()  # classes 0, 1, 2
+    return TaskSource(
+        inputs[:128],
+        labels[:128],
+        inputs[128:],
+        labels[128:],
+        3,
+        {"linear": lambda: nn.Linear(4, 3)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "bad", "complaint"),
+    [
+        (classes_source, 5, r"must lie in \[0, 2\], got values from 0 to 5"),
+        (
+            regression_source,
+            math.nan,
+            "must be finite real values for loss 'mse', got 1 nan or inf",
+        ),
+    ],
+    ids=["class", "nan"],
+)
+def test_a_bad_target_in_the_third_streamed_batch_ends_the_run_in_one_line(
+    source: Callable[[], TaskSource], bad: float, complaint: str
+) -> None:
+    """Not an IndexError (a CUDA assert on a GPU) from the loss, nor a NaN member."""
+    good = source()
+    assert good.train_images is not None and good.train_labels is not None
+    batches = [
+        (good.train_images[8 * i : 8 * i + 8], good.train_labels[8 * i : 8 * i + 8].clone())
+        for i in range(5)
+    ]
+    batches[2][1][4] = bad
+    streamed = streamed_task(good, batches, steps=6)
+    members = [Member(Constant(lr=0.01), seed) for seed in (1, 2)]
+    with pytest.raises(LrsearchError) as caught:
+        train_population(streamed, members, TrainConfig(epochs=2, batch_size=8), data_seed=0)
+    assert re.fullmatch(f"task 'small': the targets of batch 3 {complaint}", str(caught.value))
 
 
 def test_a_token_task_trains_a_language_model_per_position() -> None:
