@@ -252,7 +252,7 @@ def decompose(
         advice=advice,
         skipped=skipped,
     )
-    length = {"epochs": training.epochs, "seeds": seeds}
+    length = {"trial": best.number, "epochs": training.epochs, "seeds": seeds}
     search.set_user_attr(DECOMPOSITION_ATTR, {**length, **decomposition.as_dict()})
     return decomposition
 

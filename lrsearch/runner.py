@@ -31,7 +31,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from lrsearch.baselines import BASELINE_ATTR, enqueue_baselines
+from lrsearch.baselines import BASELINE_ATTR, DECOMPOSITION_ATTR, enqueue_baselines
 from lrsearch.config import StudyConfig, default_storage
 from lrsearch.errors import LrsearchError
 from lrsearch.schedules import Schedule
@@ -178,6 +178,7 @@ class StudyReport:
     trials_run: int
     trials: list[optuna.trial.FrozenTrial]  # all of the study's, this run's and earlier
     artifact_dir: Path
+    decomposition: dict[str, Any] | None = None  # the latest lrsearch decompose's, if any
 
     @property
     def best(self) -> optuna.trial.FrozenTrial | None:
@@ -213,12 +214,24 @@ class StudyReport:
                     for split in ("val", "test")
                 ]
         rows += verdict_rows(self.trials, confirm)
-        if best_trial(self.trials, baseline=False) is not None:
-            decompose = confirm.replace("lrsearch confirm", "lrsearch decompose", 1)
-            rows.append(("peak or shape?", f"run {decompose} to tell what to change"))
+        searched = best_trial(self.trials, baseline=False)
+        if searched is not None:
+            rows.append(("peak or shape?", self._peak_or_shape(searched.number, confirm)))
         rows.append(("dashboard", dashboard_command(self.storage, self.artifact_dir)))
         width = max(len(key) for key, _ in rows)
         return [f"{key:<{width}}  {value}" for key, value in rows]
+
+    def _peak_or_shape(self, best: int, confirm: str) -> str:
+        """The stored decomposition's one sentence while its trial is still the best searched
+        one; otherwise the command that makes one."""
+        stored = self.decomposition or {}
+        if stored.get("trial") == best and stored.get("advice"):
+            return (
+                f"{stored['advice']} (lrsearch decompose of trial {best}: "
+                f"{stored.get('epochs')} epochs x {stored.get('seeds')} seeds)"
+            )
+        decompose = confirm.replace("lrsearch confirm", "lrsearch decompose", 1)
+        return f"run {decompose} to tell what to change"
 
 
 def _with_se(attrs: dict[str, Any], name: str) -> str:
@@ -254,6 +267,7 @@ class Run:
             len(self.study.trials) - self.before,
             self.study.get_trials(deepcopy=False),
             self.artifact_dir,
+            self.study.user_attrs.get(DECOMPOSITION_ATTR),
         )
 
 

@@ -242,6 +242,8 @@ def test_the_command_prints_the_gains_and_the_summary_keeps_them(
     assert main(["export", *stored, "--out", "out"]) == 0
     kept = json.loads((tmp_path / "out" / "summary.json").read_text())["decomposition"]
     assert (kept["advice"], kept["seeds"], kept["epochs"]) == (advice, 2, 1)
+    best = int(lines[1].split()[1].rstrip(":"))  # "  trial N: value", the first schedule
+    assert kept["trial"] == best
     assert kept["shape_gain"]["seeds"] == kept["schedule_gain"]["seeds"] == 2
     # A decomposition stored before the schedule gain existed still exports as it was kept.
     old = {k: v for k, v in kept.items() if not k.startswith("schedule_gain")}

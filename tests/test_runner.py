@@ -272,6 +272,26 @@ def test_the_summary_points_to_decompose_only_when_a_searched_trial_completed(
     assert hint.endswith("run lrsearch decompose --study s.toml to tell what to change")
 
 
+def test_the_summary_says_the_stored_decomposition_while_its_trial_is_the_best(
+    tmp_path: Path,
+) -> None:
+    schedule = make_schedule("constant", {"lr": 0.1}).to_dict()
+    searched = optuna.trial.create_trial(value=0.8, user_attrs={"schedule": schedule})
+    searched.number = 4
+    stored = {"trial": 4, "epochs": 30, "seeds": 3, "advice": "change only your peak LR to 0.2"}
+
+    def hint(decomposition: dict[str, object]) -> str:
+        report = StudyReport("s", "sqlite:///s.db", 1, [searched], tmp_path, decomposition)
+        (line,) = [line for line in report.lines() if line.startswith("peak or shape?")]
+        return line
+
+    assert hint(stored).endswith(
+        "change only your peak LR to 0.2 (lrsearch decompose of trial 4: 30 epochs x 3 seeds)"
+    )
+    # A decomposition of an earlier best says nothing of this one: the command again.
+    assert hint({**stored, "trial": 3}).endswith("to tell what to change")
+
+
 # --- Faults of a single-process run: stop signals, user code that exits or hangs. Real
 # `python -m lrsearch run` processes and real signals (tests/real_runs.py).
 
