@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,57 @@ def test_each_shipped_study_runs_offline_as_documented(
     summary = result.stdout.splitlines()
     label = objective.replace("_", " ")
     assert any(line.startswith(label) and "(the objective)" in line for line in summary)
+
+
+def test_mnist1d_is_generated_without_the_network_from_a_fixed_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from examples import mnist1d
+
+    reached: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        """Recorded as well as raised: the package's downloading path swallows exceptions."""
+        reached.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    first, second = mnist1d.build(REPO), mnist1d.build(REPO)
+
+    assert reached == []
+    assert first.train_images is not None and first.train_labels is not None
+    assert first.train_images.shape == (4000, 1, 40) and first.test_images.shape == (1000, 1, 40)
+    assert torch.equal(first.train_labels.unique(), torch.arange(10))
+    assert second.train_images is not None
+    assert torch.equal(first.train_images, second.train_images)  # the same data every time
+    assert torch.equal(first.test_images, second.test_images)
+
+
+def test_the_mnist1d_study_learns_the_digits_in_two_epochs(tmp_path: Path) -> None:
+    """Chance is 10%; the paper's CNN passes half within two epochs at a fitting peak LR."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lrsearch",
+            "run",
+            "--study",
+            "studies/mnist1d.toml",
+            "--n-trials=2",
+            "--epochs=2",
+            "--no-baselines",
+            f"--storage=sqlite:///{tmp_path / 'study.db'}",
+            f"--artifact-dir={tmp_path / 'artifacts'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("test accuracy"))
+    assert float(line.split()[2]) > 0.5, line
 
 
 def test_char_gpt_reads_another_text_and_validates_on_held_out_text(tmp_path: Path) -> None:
