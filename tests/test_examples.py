@@ -122,6 +122,33 @@ def test_own_objective_example_searches_and_saves_a_loadable_schedule(tmp_path: 
     assert f"schedule: {schedule.describe()}\n" in result.stdout
 
 
+def run_shipped_study(
+    study: str, tmp_path: Path, *overrides: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m lrsearch run`` on a shipped study from the repository root, without
+    baselines, in a storage of the test's own; it must succeed."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lrsearch",
+            "run",
+            "--study",
+            f"studies/{study}.toml",
+            *overrides,
+            "--no-baselines",
+            f"--storage=sqlite:///{tmp_path / 'study.db'}",
+            f"--artifact-dir={tmp_path / 'artifacts'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.mark.parametrize(
     ("study", "objective"),
     [
@@ -135,26 +162,7 @@ def test_each_shipped_study_runs_offline_as_documented(
 ) -> None:
     """``python -m lrsearch run --study studies/<name>.toml``, with tiny overrides: one trial
     of one epoch, no baselines, in a storage of the test's own."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lrsearch",
-            "run",
-            "--study",
-            f"studies/{study}.toml",
-            "--n-trials=1",
-            "--epochs=1",
-            "--no-baselines",
-            f"--storage=sqlite:///{tmp_path / 'study.db'}",
-            f"--artifact-dir={tmp_path / 'artifacts'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_shipped_study(study, tmp_path, "--n-trials=1", "--epochs=1")
     assert "trial 0 " in result.stderr and f" {objective} " in result.stderr  # the log
     summary = result.stdout.splitlines()
     label = objective.replace("_", " ")
@@ -188,26 +196,7 @@ def test_mnist1d_is_generated_without_the_network_from_a_fixed_seed(
 
 def test_the_mnist1d_study_learns_the_digits_in_two_epochs(tmp_path: Path) -> None:
     """Chance is 10%; the paper's CNN passes half within two epochs at a fitting peak LR."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lrsearch",
-            "run",
-            "--study",
-            "studies/mnist1d.toml",
-            "--n-trials=2",
-            "--epochs=2",
-            "--no-baselines",
-            f"--storage=sqlite:///{tmp_path / 'study.db'}",
-            f"--artifact-dir={tmp_path / 'artifacts'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_shipped_study("mnist1d", tmp_path, "--n-trials=2", "--epochs=2")
     line = next(line for line in result.stdout.splitlines() if line.startswith("test accuracy"))
     assert float(line.split()[2]) > 0.5, line
 
