@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -45,7 +43,9 @@ from lrsearch.storage import (
     fail_dead_trials,
     first_line,
     heartbeat,
+    owner,
     redact,
+    set_user_attrs,
     storage_failure,
 )
 from lrsearch.study import (
@@ -473,8 +473,7 @@ def run_trials(
                 fail_dead_trials(run.study)
                 trials = [run.study.ask() for _ in range(min(size, run.n_trials - done))]
                 for trial in trials:  # first, so a process that dies now leaves a pid to check
-                    trial.set_user_attr("host", socket.gethostname())
-                    trial.set_user_attr("pid", os.getpid())
+                    set_user_attrs(trial, owner())
                 with _failed_on_the_way_out(run, task, trials), heartbeat(run.study, trials):
                     finished = _run_population(
                         config, task, trials, seeds, artifacts, stop, progress
@@ -577,25 +576,27 @@ def _run_population(
     schedules = [suggest_schedule(trial, config.space) for trial in trials]
     metric = objective_metric(config, task)
     for trial, schedule in zip(trials, schedules, strict=True):
-        for key, value in {
-            "schedule": schedule.to_dict(),
-            "family": schedule.family,
-            "task": task.name,
-            "model": task.model_name,
-            "epochs": training.epochs,
-            "steps_per_epoch": per_epoch,
-            "steps": training.epochs * per_epoch,
-            "batch_size": training.batch_size,
-            "optimizer": training.optimizer,
-            "device": str(device),
-            "precision": PRECISION_NAMES[autocast_dtype(training, device)],
-            "seeds": seeds,
-            "objective": config.objective,
-            HIGHER_IS_BETTER_ATTR: metric.higher_is_better,
-            "population": len(trials),
-            "split_seed": config.task.split_seed,
-        }.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(
+            trial,
+            {
+                "schedule": schedule.to_dict(),
+                "family": schedule.family,
+                "task": task.name,
+                "model": task.model_name,
+                "epochs": training.epochs,
+                "steps_per_epoch": per_epoch,
+                "steps": training.epochs * per_epoch,
+                "batch_size": training.batch_size,
+                "optimizer": training.optimizer,
+                "device": str(device),
+                "precision": PRECISION_NAMES[autocast_dtype(training, device)],
+                "seeds": seeds,
+                "objective": config.objective,
+                HIGHER_IS_BETTER_ATTR: metric.higher_is_better,
+                "population": len(trials),
+                "split_seed": config.task.split_seed,
+            },
+        )
         attach_lr_curve(trial, schedule, training.epochs * per_epoch, artifacts)
     width = len(seeds)
     stopped: set[int] = set()  # trials pruned or with a diverged seed
@@ -683,8 +684,7 @@ def _record(
     if diverged is not None:
         attrs["diverged_step"] = diverged.diverged_step
         attrs["diverged_reason"] = diverged.diverged_reason
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    set_user_attrs(trial, attrs)
     if diverged is not None or any(run.stopped_epoch is not None for run in runs):
         return optuna.trial.TrialState.PRUNED, None
     value = attrs[f"val_{objective.name}"]

@@ -17,13 +17,14 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 
 from lrsearch.errors import LrsearchError
 from lrsearch.paths import sqlite_file
@@ -47,6 +48,7 @@ __all__ = [
     "rdb_storage",
     "redact",
     "retry_trial",
+    "set_user_attrs",
     "storage_error",
     "storage_failure",
 ]
@@ -309,6 +311,24 @@ def database_of(study: optuna.Study) -> optuna.storages.RDBStorage | None:
     storage = study._storage
     storage = getattr(storage, "_backend", storage)
     return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Record ``attrs`` on ``trial`` in one transaction.
+
+    A trial records about forty attributes; Optuna commits each one on its own, and on SQLite
+    every commit waits for the disk (about 10 ms here: 16 of the quick study's 40 s)."""
+    database = database_of(trial.study)
+    if database is None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    with _create_scoped_session(database.scoped_session, True) as session:
+        for key, value in attrs.items():
+            database._set_trial_attr_without_commit(
+                session, models.TrialUserAttributeModel, trial._trial_id, key, value
+            )
+    trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
 def claim_once(study: optuna.Study, key: str) -> bool:

@@ -36,6 +36,7 @@ from lrsearch.storage import (
     heartbeat,
     owner,
     redact,
+    set_user_attrs,
     storage_error,
     storage_failure,
 )
@@ -382,3 +383,18 @@ def test_a_population_beats_from_its_first_moment(tmp_path: Path) -> None:
     assert beats() == set()
     with heartbeat(study, trials):
         assert beats() == {trial._trial_id for trial in trials}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat")  # study.ask outside optimize
+def test_a_trials_attributes_are_recorded_together_or_not_at_all(tmp_path: Path) -> None:
+    """One transaction for a trial's forty attributes (one commit each waited for the disk):
+    a value that cannot be stored leaves none of them half-written."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    study = open_study(digits_study(tmp_path / "a.db"), url)
+    trial = study.ask()
+    set_user_attrs(trial, {"family": "cosine", "seeds": [0, 1]})
+    assert trial.user_attrs == {**owner(), "family": "cosine", "seeds": [0, 1]}
+    with pytest.raises(TypeError):
+        set_user_attrs(trial, {"epochs": 3, "broken": object()})
+    stored = optuna.load_study(study_name=study.study_name, storage=url).trials[0]
+    assert stored.user_attrs == {**owner(), "family": "cosine", "seeds": [0, 1]}
