@@ -8,6 +8,10 @@ its best trial by validation, and (b) and (c) minus (a) paired seed by seed, wit
 interval over the seeds. Baselines are off, so every trial is the strategy's own.
 
     python benchmarks/search_budget.py --study studies/regression.toml --seeds 3 --trials 8
+
+``--rows FILE`` appends each seed's figures to FILE (JSON lines) and summarises every row
+in it, so that two processes on two cores can share the seeds (``--first-seed``) and
+either one's summary covers both.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import math
 import statistics
 import sys
@@ -69,28 +74,7 @@ def strategies(base: StudyConfig, seed: int, trials: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--study", type=Path, default=REPO / "studies" / "regression.toml")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=8)
-    args = parser.parse_args()
-    sys.path.insert(0, str(REPO))  # the shipped studies' tasks live in examples/
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tempfile.TemporaryDirectory() as folder:
-        base = dataclasses.replace(
-            load_study_file(args.study), storage=f"sqlite:///{Path(folder) / 'budget.db'}"
-        )
-        started = time.perf_counter()
-        rows = []
-        for seed in range(args.seeds):
-            rows.append(strategies(dataclasses.replace(base, seed=seed), seed, args.trials))
-            print(f"seed {seed}: {rows[-1]}", flush=True)
-    print(
-        f"{args.study.name}, {args.trials} trials per strategy, seeds 0..{args.seeds - 1}, "
-        f"held-out {base.objective.replace('val_', 'test_', 1)} of the best trial by validation, "
-        f"{time.perf_counter() - started:.0f} s"
-    )
+def summarise(rows: list[dict[str, float]]) -> None:
     for name in rows[0]:
         values = [row[name] for row in rows]
         line = f"{name:<18} mean {statistics.mean(values):.4f}"
@@ -100,6 +84,52 @@ def main() -> None:
             mean = statistics.mean(differences)
             line += f"; minus (a) {mean:+.4f} [95% {mean - half:+.4f}, {mean + half:+.4f}]"
         print(line + f"; per seed {[round(v, 4) for v in values]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--study", type=Path, default=REPO / "studies" / "regression.toml")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: the study's)"
+    )
+    parser.add_argument(
+        "--rows", type=Path, default=None, help="JSON lines to append to and summarise"
+    )
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))  # the shipped studies' tasks live in examples/
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    with tempfile.TemporaryDirectory() as folder:
+        base = load_study_file(args.study)
+        training = dataclasses.replace(base.training, threads=args.threads or base.training.threads)
+        base = dataclasses.replace(
+            base, training=training, storage=f"sqlite:///{Path(folder) / 'budget.db'}"
+        )
+        started = time.perf_counter()
+        rows = []
+        for seed in seeds:
+            rows.append(strategies(dataclasses.replace(base, seed=seed), seed, args.trials))
+            print(f"seed {seed}: {rows[-1]}", flush=True)
+            if args.rows is not None:
+                with args.rows.open("a") as file:
+                    file.write(json.dumps({"seed": seed, **rows[-1]}) + "\n")
+    print(
+        f"{args.study.name}, {args.trials} trials per strategy, "
+        f"seeds {seeds.start}..{seeds.stop - 1}, "
+        f"held-out {base.objective.replace('val_', 'test_', 1)} of the best trial by validation, "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    if args.rows is not None:
+        lines = [json.loads(line) for line in args.rows.read_text().splitlines()]
+        rows = [
+            {k: v for k, v in row.items() if k != "seed"}
+            for row in sorted(lines, key=lambda r: r["seed"])
+        ]
+        print(f"all rows in {args.rows}: seeds {sorted(line['seed'] for line in lines)}")
+    summarise(rows)
 
 
 if __name__ == "__main__":
